@@ -1,0 +1,3 @@
+//! fleetlet: the edge runtime for robot compute boards.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
