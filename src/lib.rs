@@ -1,3 +1,9 @@
 //! fleetlet: the edge runtime for robot compute boards.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod datadir;
+pub mod status;
+pub mod telemetry;
+pub mod config;
+pub mod runtime;
