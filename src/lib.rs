@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod datadir;
+pub mod liveness;
 pub mod status;
 pub mod telemetry;
 pub mod config;

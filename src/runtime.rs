@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::status::Registry;
 use crate::telemetry::Sink;
+pub use crate::liveness::Liveness;
 
 /// What every subsystem gets when it starts. Subsystems spawn their tasks on `tracker`
 /// with `cancel.child_token()`, report on `status`, and emit records into `telemetry`.
@@ -29,4 +30,8 @@ pub struct Services {
     pub status: Registry,
     /// Telemetry intake.
     pub telemetry: Sink,
+    /// Random id of this agent start (telemetry dedup key, `status` online message).
+    pub boot_id: String,
+    /// Event-loop liveness: `liveness.is_live()` is false when the tokio runtime stalls.
+    pub liveness: Liveness,
 }
