@@ -4,7 +4,11 @@
 
 pub mod datadir;
 pub mod liveness;
+pub mod logging;
 pub mod status;
+pub mod systemd;
 pub mod telemetry;
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod runtime;

@@ -1,15 +1,25 @@
 //! The agent's runtime: builds every subsystem, owns the cancellation token and the task
 //! tracker, and shuts down in order (stop intake, flush telemetry, stop children, exit).
+//!
+//! Invariants:
+//! - Exactly one agent runs per data directory (the `DataDir` lock is held until `run`
+//!   returns or the process dies).
+//! - Every task is spawned on `Services::tracker` with a child of `Services::cancel`;
+//!   shutdown waits for all of them up to `agent.shutdown_timeout`.
+//! - READY is signalled to systemd only after every subsystem has started.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::datadir::DataDir;
-use crate::status::Registry;
-use crate::telemetry::Sink;
+use crate::datadir::{self, DataDir};
+use crate::status::{Registry, SubsystemState};
+use crate::telemetry::{Priority, Sink};
 pub use crate::liveness::Liveness;
 
 /// What every subsystem gets when it starts. Subsystems spawn their tasks on `tracker`
@@ -34,4 +44,122 @@ pub struct Services {
     pub boot_id: String,
     /// Event-loop liveness: `liveness.is_live()` is false when the tokio runtime stalls.
     pub liveness: Liveness,
+}
+
+/// Why the agent stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Data directory problems (including another agent holding the lock).
+    #[error(transparent)]
+    DataDir(#[from] datadir::Error),
+    /// The local API could not start.
+    #[error(transparent)]
+    Api(#[from] crate::api::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Shutdown took longer than `agent.shutdown_timeout`.
+    #[error("shutdown did not finish within {0:?}; tasks still running were abandoned")]
+    ShutdownTimeout(std::time::Duration),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A random 128-bit id in hex.
+pub fn new_boot_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Runs the agent until SIGINT/SIGTERM, then shuts down in order.
+///
+/// # Errors
+/// Any [`Error`]; the caller prints it as one line and exits non-zero.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    let data = DataDir::new(&config.agent.data_dir);
+    data.create()?;
+    let lock = data.lock()?;
+
+    let (cache, flush_ms) = (config.agent.db_cache_bytes.get(), config.agent.db_flush_every.as_millis() as u64);
+    let db_data = data.clone();
+    let (db, quarantine) = tokio::task::spawn_blocking(move || db_data.open_db(cache, Some(flush_ms.max(1)))).await??;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let status = Registry::new();
+    let (telemetry, _intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let liveness = Liveness::new();
+    liveness.tick();
+    tracker.spawn(liveness.clone().run(cancel.child_token()));
+    let svc = Services { config: config.clone(), data, db, cancel: cancel.clone(), tracker: tracker.clone(), status: status.clone(), telemetry: telemetry.clone(), boot_id: new_boot_id(), liveness: liveness.clone() };
+
+    let agent = status.register("agent");
+    agent.set_detail(json!({ "data_dir": svc.data.root(), "pid": std::process::id() }));
+    if let Some(q) = &quarantine {
+        tracing::error!(moved_to = %q.moved_to.display(), reason = %q.reason, "database could not be opened; quarantined it and started a new one");
+        telemetry.event(Priority::Critical, "db_quarantined", json!({ "moved_to": q.moved_to, "reason": q.reason }));
+    }
+
+    // Local API.
+    if config.api.enabled {
+        let api_status = status.register("api");
+        let state = crate::api::State { status: status.clone(), liveness: liveness.clone(), started, device_id: config.device.id.clone(), boot_id: svc.boot_id.clone(), extra: None };
+        let (bound, serving) = crate::api::serve(config.api.listen, state, cancel.child_token()).await?;
+        tracker.spawn(serving);
+        api_status.set_detail(json!({ "listen": bound.to_string() }));
+        api_status.set_state(SubsystemState::Running);
+        tracing::info!(listen = %bound, "local API listening");
+    }
+
+    agent.set_state(SubsystemState::Running);
+    telemetry.event(Priority::Normal, "agent_started", json!({ "version": env!("CARGO_PKG_VERSION"), "boot_id": svc.boot_id, "pid": std::process::id() }));
+    tracing::info!(device = %config.device.id, boot_id = %svc.boot_id, startup_ms = started.elapsed().as_millis() as u64, "fleetlet running");
+
+    let notifier = crate::systemd::Notifier::from_env();
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    if let Some(n) = &notifier {
+        n.notify("READY=1\nSTATUS=running");
+    }
+    if let (Some(interval), Some(n)) = (crate::systemd::watchdog_interval(), crate::systemd::Notifier::from_env()) {
+        if let Err(e) = crate::systemd::spawn_watchdog(n, interval, liveness.clone(), watchdog_stop.clone()) {
+            tracing::warn!(error = %e, "cannot start the systemd watchdog thread");
+        }
+    }
+
+    wait_for_signal().await?;
+    tracing::info!("shutdown requested");
+    if let Some(n) = &notifier {
+        n.notify("STOPPING=1");
+    }
+    agent.set_state(SubsystemState::Stopped);
+    telemetry.event(Priority::Normal, "agent_stopping", json!({ "uptime_s": started.elapsed().as_secs() }));
+
+    cancel.cancel();
+    tracker.close();
+    let deadline = config.agent.shutdown_timeout;
+    let finished = tokio::time::timeout(deadline, tracker.wait()).await.is_ok();
+    watchdog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let db = svc.db.clone();
+    drop(svc);
+    tokio::task::spawn_blocking(move || db.flush()).await?.map_err(|e| datadir::Error::Db { path: config.agent.data_dir.join("db"), source: e })?;
+    drop(lock);
+    if finished {
+        tracing::info!("fleetlet stopped");
+        Ok(())
+    } else {
+        Err(Error::ShutdownTimeout(deadline))
+    }
+}
+
+async fn wait_for_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
 }

@@ -1,0 +1,220 @@
+//! The `fleetlet` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, LogFormat};
+
+/// Exit code for configuration errors (sysexits EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
+/// Exit code when the agent is unreachable or fails at run time.
+pub const EX_FAILURE: u8 = 1;
+
+/// fleetlet: edge runtime for robot compute boards.
+///
+/// Runs signed ROS 2 workloads, buffers telemetry offline and ships it over MQTT, and keeps
+/// a heartbeat with the robot's safety microcontroller.
+#[derive(Debug, Parser)]
+#[command(name = "fleetlet", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the config comes from (shared by `run`, `config check` and `status`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: PathBuf,
+    /// Environment overlay: layers `<stem>.<NAME>.toml` from beside the config file.
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground until SIGINT/SIGTERM.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Log format; overrides `agent.log_format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Show the state of the running agent (from its local API).
+    Status {
+        /// Agent API address; defaults to `api.listen` of --config, else 127.0.0.1:7878.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<SocketAddr>,
+        /// Read the API address from this configuration file.
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Environment overlay for --config.
+        #[arg(long, value_name = "NAME", requires = "config")]
+        env: Option<String>,
+        /// Print the raw JSON from /v1/status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print version, git commit, target triple and enabled features.
+    Version,
+}
+
+/// `fleetlet config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    /// Exits 0 when valid, 78 (EX_CONFIG) listing every problem when not.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// Loads the config or prints every problem and returns the exit code to use.
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    Config::load(&args.config, args.env.as_deref()).map_err(|e| {
+        eprintln!("fleetlet: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run { config, log_format } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            crate::logging::init(log_format.unwrap_or(cfg.agent.log_format), &cfg.agent.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("fleetlet").enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleetlet: cannot start the async runtime: {e}");
+                    return ExitCode::from(EX_FAILURE);
+                }
+            };
+            match rt.block_on(crate::runtime::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetlet: {e}");
+                    ExitCode::from(EX_FAILURE)
+                }
+            }
+        }
+        Command::Config(ConfigCmd::Check { config }) => match load(&config) {
+            Ok(cfg) => {
+                println!("# effective configuration from {}{} (valid)", config.config.display(), config.env.as_ref().map(|e| format!(" + {}", Config::overlay_path(&config.config, e).display())).unwrap_or_default());
+                print!("{}", cfg.redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Status { addr, config, env, json } => report(status(addr, config, env, json)),
+        Command::Version => {
+            println!("fleetlet {}", env!("CARGO_PKG_VERSION"));
+            println!("commit:   {}", env!("BUILD_GIT_COMMIT"));
+            println!("target:   {}", env!("BUILD_TARGET"));
+            println!("features: {}", enabled_features().join(", "));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn report(r: anyhow::Result<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("fleetlet: {e:#}");
+        ExitCode::from(EX_FAILURE)
+    })
+}
+
+/// Cargo features compiled in.
+pub fn enabled_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if cfg!(feature = "ros2") {
+        f.push("ros2");
+    }
+    if cfg!(feature = "rpi") {
+        f.push("rpi");
+    }
+    if f.is_empty() {
+        f.push("(none)");
+    }
+    f
+}
+
+/// Resolves the API address for client commands.
+pub fn api_addr(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<String>) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    if let Some(path) = config {
+        let cfg = Config::load(&path, env.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(cfg.api.listen);
+    }
+    config::DEFAULT_API_LISTEN.parse().context("default API address")
+}
+
+fn status(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let addr = api_addr(addr, config, env)?;
+    let reply = crate::api::client::get(addr, "/v1/status", Duration::from_secs(3))?;
+    if reply.status != 200 {
+        anyhow::bail!("agent at {addr} answered HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).with_context(|| format!("agent at {addr} sent invalid JSON"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_status(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Human table of a `/v1/status` document.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let s = |k: &str| v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_else(|| "-".into());
+    let rss = v.get("rss_bytes").and_then(serde_json::Value::as_u64).map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into());
+    let uptime = v.get("uptime_seconds").and_then(serde_json::Value::as_f64).map(|u| humantime::format_duration(Duration::from_secs(u as u64)).to_string()).unwrap_or_else(|| "-".into());
+    let _ = writeln!(out, "device   {}", s("device_id"));
+    let _ = writeln!(out, "version  {}   pid {}   boot {}", s("version"), s("pid"), s("boot_id"));
+    let _ = writeln!(out, "uptime   {uptime}   rss {rss}   ready {}   live {}", s("ready"), s("live"));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<12} {:<10} DETAIL", "SUBSYSTEM", "STATE");
+    if let Some(subs) = v.get("subsystems").and_then(serde_json::Value::as_object) {
+        for (name, sub) in subs {
+            let state = sub.get("state").and_then(serde_json::Value::as_str).unwrap_or("-");
+            let detail = match sub.get("detail") {
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(d) => summarize(d),
+            };
+            let _ = writeln!(out, "{name:<12} {state:<10} {detail}");
+        }
+    }
+    out
+}
+
+fn summarize(d: &serde_json::Value) -> String {
+    match d {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(_, v)| !v.is_object() && !v.is_array())
+            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
