@@ -16,8 +16,14 @@ fn main() {
         .ok()
         .filter(|o| o.status.success())
         .is_some_and(|o| !o.stdout.is_empty());
-    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}{}", if dirty { "-dirty" } else { "" });
-    println!("cargo:rustc-env=BUILD_TARGET={}", std::env::var("TARGET").unwrap_or_default());
+    println!(
+        "cargo:rustc-env=BUILD_GIT_COMMIT={commit}{}",
+        if dirty { "-dirty" } else { "" }
+    );
+    println!(
+        "cargo:rustc-env=BUILD_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
 }

@@ -98,8 +98,16 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::logging::init(log_format.unwrap_or(cfg.agent.log_format), &cfg.agent.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("fleetlet").enable_all().build() {
+            crate::logging::init(
+                log_format.unwrap_or(cfg.agent.log_format),
+                &cfg.agent.log_level,
+            );
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("fleetlet")
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("fleetlet: cannot start the async runtime: {e}");
@@ -116,13 +124,29 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Config(ConfigCmd::Check { config }) => match load(&config) {
             Ok(cfg) => {
-                println!("# effective configuration from {}{} (valid)", config.config.display(), config.env.as_ref().map(|e| format!(" + {}", Config::overlay_path(&config.config, e).display())).unwrap_or_default());
+                println!(
+                    "# effective configuration from {}{} (valid)",
+                    config.config.display(),
+                    config
+                        .env
+                        .as_ref()
+                        .map(|e| format!(
+                            " + {}",
+                            Config::overlay_path(&config.config, e).display()
+                        ))
+                        .unwrap_or_default()
+                );
                 print!("{}", cfg.redacted_toml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Status { addr, config, env, json } => report(status(addr, config, env, json)),
+        Command::Status {
+            addr,
+            config,
+            env,
+            json,
+        } => report(status(addr, config, env, json)),
         Command::Version => {
             println!("fleetlet {}", env!("CARGO_PKG_VERSION"));
             println!("commit:   {}", env!("BUILD_GIT_COMMIT"));
@@ -156,7 +180,11 @@ pub fn enabled_features() -> Vec<&'static str> {
 }
 
 /// Resolves the API address for client commands.
-pub fn api_addr(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<String>) -> anyhow::Result<SocketAddr> {
+pub fn api_addr(
+    addr: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    env: Option<String>,
+) -> anyhow::Result<SocketAddr> {
     if let Some(a) = addr {
         return Ok(a);
     }
@@ -164,16 +192,28 @@ pub fn api_addr(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<S
         let cfg = Config::load(&path, env.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(cfg.api.listen);
     }
-    config::DEFAULT_API_LISTEN.parse().context("default API address")
+    config::DEFAULT_API_LISTEN
+        .parse()
+        .context("default API address")
 }
 
-fn status(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(
+    addr: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    env: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let addr = api_addr(addr, config, env)?;
     let reply = crate::api::client::get(addr, "/v1/status", Duration::from_secs(3))?;
     if reply.status != 200 {
-        anyhow::bail!("agent at {addr} answered HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+        anyhow::bail!(
+            "agent at {addr} answered HTTP {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&reply.body).with_context(|| format!("agent at {addr} sent invalid JSON"))?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.body)
+        .with_context(|| format!("agent at {addr} sent invalid JSON"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -186,17 +226,47 @@ fn status(addr: Option<SocketAddr>, config: Option<PathBuf>, env: Option<String>
 pub fn render_status(v: &serde_json::Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let s = |k: &str| v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_else(|| "-".into());
-    let rss = v.get("rss_bytes").and_then(serde_json::Value::as_u64).map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into());
-    let uptime = v.get("uptime_seconds").and_then(serde_json::Value::as_f64).map(|u| humantime::format_duration(Duration::from_secs(u as u64)).to_string()).unwrap_or_else(|| "-".into());
+    let s = |k: &str| {
+        v.get(k)
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let rss = v
+        .get("rss_bytes")
+        .and_then(serde_json::Value::as_u64)
+        .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+        .unwrap_or_else(|| "-".into());
+    let uptime = v
+        .get("uptime_seconds")
+        .and_then(serde_json::Value::as_f64)
+        .map(|u| humantime::format_duration(Duration::from_secs(u as u64)).to_string())
+        .unwrap_or_else(|| "-".into());
     let _ = writeln!(out, "device   {}", s("device_id"));
-    let _ = writeln!(out, "version  {}   pid {}   boot {}", s("version"), s("pid"), s("boot_id"));
-    let _ = writeln!(out, "uptime   {uptime}   rss {rss}   ready {}   live {}", s("ready"), s("live"));
+    let _ = writeln!(
+        out,
+        "version  {}   pid {}   boot {}",
+        s("version"),
+        s("pid"),
+        s("boot_id")
+    );
+    let _ = writeln!(
+        out,
+        "uptime   {uptime}   rss {rss}   ready {}   live {}",
+        s("ready"),
+        s("live")
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<12} {:<10} DETAIL", "SUBSYSTEM", "STATE");
     if let Some(subs) = v.get("subsystems").and_then(serde_json::Value::as_object) {
         for (name, sub) in subs {
-            let state = sub.get("state").and_then(serde_json::Value::as_str).unwrap_or("-");
+            let state = sub
+                .get("state")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("-");
             let detail = match sub.get("detail") {
                 Some(serde_json::Value::Null) | None => String::new(),
                 Some(d) => summarize(d),
@@ -212,7 +282,14 @@ fn summarize(d: &serde_json::Value) -> String {
         serde_json::Value::Object(m) => m
             .iter()
             .filter(|(_, v)| !v.is_object() && !v.is_array())
-            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            })
             .collect::<Vec<_>>()
             .join(" "),
         other => other.to_string(),

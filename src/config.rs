@@ -56,7 +56,11 @@ pub struct Problem {
 impl Problem {
     /// A problem for `key`; the source is filled in by the loader.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), source: Source::Default, message: message.into() }
+        Self {
+            key: key.into(),
+            source: Source::Default,
+            message: message.into(),
+        }
     }
 }
 
@@ -117,7 +121,12 @@ pub struct DeviceConfig {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        Self { id: default_device_id(), model: default_model(), arch: std::env::consts::ARCH.to_owned(), groups: Vec::new() }
+        Self {
+            id: default_device_id(),
+            model: default_model(),
+            arch: std::env::consts::ARCH.to_owned(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -132,7 +141,12 @@ fn default_device_id() -> String {
 fn default_model() -> String {
     std::fs::read("/proc/device-tree/model")
         .ok()
-        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\0')
+                .trim()
+                .to_owned()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "generic".to_owned())
 }
@@ -197,7 +211,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 7878)) }
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+        }
     }
 }
 
@@ -227,7 +244,10 @@ impl Config {
 
     /// Path of the overlay file for `env`: `<dir>/<stem>.<env>.toml`.
     pub fn overlay_path(path: &Path, env: &str) -> PathBuf {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         path.with_file_name(format!("{stem}.{env}.toml"))
     }
 
@@ -236,13 +256,20 @@ impl Config {
     /// # Errors
     /// [`Error::Read`] for a missing file (the overlay too, when `env` is given),
     /// [`Error::Syntax`] for bad TOML, [`Error::Invalid`] listing every bad key.
-    pub fn load_from(path: &Path, env: Option<&str>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+    pub fn load_from(
+        path: &Path,
+        env: Option<&str>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
         let mut layered = Layered::default();
         layered.merge_file(path)?;
         if let Some(env) = env {
             layered.merge_file(&Self::overlay_path(path, env))?;
         }
-        let mut vars: Vec<_> = vars.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         vars.sort();
         for (var, value) in vars {
             layered.merge_env(&var, &value);
@@ -252,22 +279,53 @@ impl Config {
 
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
-        if self.device.id.is_empty() || !self.device.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if self.device.id.is_empty()
+            || !self
+                .device
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             problems.push(Problem::new("device.id", format!("{:?} must be non-empty and use only A-Z a-z 0-9 - _ . (it becomes an MQTT topic segment)", self.device.id)));
         }
         for g in &self.device.groups {
-            if g.is_empty() || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                problems.push(Problem::new("device.groups", format!("group {g:?} must be non-empty and use only A-Z a-z 0-9 - _ .")));
+            if g.is_empty()
+                || !g
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                problems.push(Problem::new(
+                    "device.groups",
+                    format!("group {g:?} must be non-empty and use only A-Z a-z 0-9 - _ ."),
+                ));
             }
         }
-        if self.agent.shutdown_timeout < Duration::from_secs(1) || self.agent.shutdown_timeout > Duration::from_secs(600) {
-            problems.push(Problem::new("agent.shutdown_timeout", format!("{} is out of range (1s..=10m)", humantime::format_duration(self.agent.shutdown_timeout))));
+        if self.agent.shutdown_timeout < Duration::from_secs(1)
+            || self.agent.shutdown_timeout > Duration::from_secs(600)
+        {
+            problems.push(Problem::new(
+                "agent.shutdown_timeout",
+                format!(
+                    "{} is out of range (1s..=10m)",
+                    humantime::format_duration(self.agent.shutdown_timeout)
+                ),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.agent.log_level) {
-            problems.push(Problem::new("agent.log_level", format!("{:?} is not a valid filter: {e}", self.agent.log_level)));
+            problems.push(Problem::new(
+                "agent.log_level",
+                format!("{:?} is not a valid filter: {e}", self.agent.log_level),
+            ));
         }
-        if self.agent.db_cache_bytes.get() < 256 * 1024 || self.agent.db_cache_bytes.get() > 1 << 30 {
-            problems.push(Problem::new("agent.db_cache_bytes", format!("{} is out of range (262144..=1073741824)", self.agent.db_cache_bytes)));
+        if self.agent.db_cache_bytes.get() < 256 * 1024 || self.agent.db_cache_bytes.get() > 1 << 30
+        {
+            problems.push(Problem::new(
+                "agent.db_cache_bytes",
+                format!(
+                    "{} is out of range (262144..=1073741824)",
+                    self.agent.db_cache_bytes
+                ),
+            ));
         }
         if self.agent.data_dir.as_os_str().is_empty() {
             problems.push(Problem::new("agent.data_dir", "must not be empty"));
@@ -280,7 +338,8 @@ impl Config {
     /// The effective configuration as TOML with secrets (keys named like password, secret,
     /// token or private key) replaced by `"<redacted>"`.
     pub fn redacted_toml(&self) -> String {
-        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
+        let mut value =
+            toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
         redact(&mut value);
         toml::to_string_pretty(&value).unwrap_or_default()
     }
@@ -291,7 +350,11 @@ fn redact(value: &mut toml::Value) {
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                if ["password", "secret", "token", "private_key"].iter().any(|s| k.contains(s)) && !matches!(v, toml::Value::Table(_)) {
+                if ["password", "secret", "token", "private_key"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                    && !matches!(v, toml::Value::Table(_))
+                {
                     *v = toml::Value::String("<redacted>".into());
                 } else {
                     redact(v);
@@ -313,8 +376,14 @@ struct Layered {
 
 impl Layered {
     fn merge_file(&mut self, path: &Path) -> Result<(), Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Syntax { path: path.to_owned(), message: e.to_string().trim().to_owned() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })?;
         let source = Source::File(path.to_owned());
         merge(&mut self.table, table, "", &source, &mut self.origins);
         Ok(())
@@ -341,7 +410,10 @@ impl Layered {
         let mut table = toml::Table::new();
         let mut cursor = &mut table;
         for part in &parts[..parts.len() - 1] {
-            cursor = match cursor.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+            cursor = match cursor
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
                 toml::Value::Table(t) => t,
                 _ => return,
             };
@@ -357,7 +429,12 @@ impl Layered {
                 return s.clone();
             }
             // An error on a table reports the source of any key beneath it.
-            if let Some((_, s)) = self.origins.range(format!("{k}.")..).next().filter(|(p, _)| p.starts_with(&format!("{k}."))) {
+            if let Some((_, s)) = self
+                .origins
+                .range(format!("{k}.")..)
+                .next()
+                .filter(|(p, _)| p.starts_with(&format!("{k}.")))
+            {
                 return s.clone();
             }
             match k.rfind('.') {
@@ -368,33 +445,57 @@ impl Layered {
     }
 
     fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> T {
-        let Some(value) = self.table.remove(name) else { return T::default() };
+        let Some(value) = self.table.remove(name) else {
+            return T::default();
+        };
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => v,
             Err(e) => {
                 let inner = e.inner().to_string();
                 let message = inner.lines().next().unwrap_or_default().trim().to_owned();
                 let path = e.path().to_string();
-                let mut key = if path == "." || path.is_empty() { name.to_owned() } else { format!("{name}.{path}") };
+                let mut key = if path == "." || path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{path}")
+                };
                 // serde names the unknown field only in its message.
-                if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+                if let Some(field) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|m| m.split('`').next())
+                {
                     if !key.ends_with(&format!(".{field}")) {
                         key = format!("{key}.{field}");
                     }
                 }
                 let source = self.source_of(&key);
-                self.problems.push(Problem { key, source, message });
+                self.problems.push(Problem {
+                    key,
+                    source,
+                    message,
+                });
                 T::default()
             }
         }
     }
 
     fn decode(mut self) -> Result<Config, Error> {
-        let config = Config { device: self.section("device"), agent: self.section("agent"), api: self.section("api") };
+        let config = Config {
+            device: self.section("device"),
+            agent: self.section("agent"),
+            api: self.section("api"),
+        };
         let unknown: Vec<String> = self.table.keys().cloned().collect();
         for key in unknown {
             let source = self.source_of(&key);
-            self.problems.push(Problem { source, message: format!("unknown section or key; expected one of: {}", SECTIONS.join(", ")), key });
+            self.problems.push(Problem {
+                source,
+                message: format!(
+                    "unknown section or key; expected one of: {}",
+                    SECTIONS.join(", ")
+                ),
+                key,
+            });
         }
         let mut semantic = Vec::new();
         config.validate(&mut semantic);
@@ -410,11 +511,23 @@ impl Layered {
     }
 }
 
-fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, source: &Source, origins: &mut BTreeMap<String, Source>) {
+fn merge(
+    dst: &mut toml::Table,
+    src: toml::Table,
+    prefix: &str,
+    source: &Source,
+    origins: &mut BTreeMap<String, Source>,
+) {
     for (k, v) in src {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (dst.get_mut(&k), v) {
-            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge(d, s, &path, source, origins),
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => {
+                merge(d, s, &path, source, origins)
+            }
             (_, v) => {
                 if let toml::Value::Table(t) = &v {
                     record_leaves(t, &path, source, origins);
@@ -427,7 +540,12 @@ fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, source: &Source,
     }
 }
 
-fn record_leaves(t: &toml::Table, prefix: &str, source: &Source, origins: &mut BTreeMap<String, Source>) {
+fn record_leaves(
+    t: &toml::Table,
+    prefix: &str,
+    source: &Source,
+    origins: &mut BTreeMap<String, Source>,
+) {
     for (k, v) in t {
         let path = format!("{prefix}.{k}");
         match v {
@@ -459,7 +577,11 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_file() {
         let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "a.toml", "[api]\nlisten = \"127.0.0.1:9000\"\nlistn = 1\n");
+        let f = write(
+            d.path(),
+            "a.toml",
+            "[api]\nlisten = \"127.0.0.1:9000\"\nlistn = 1\n",
+        );
         let p = problems(Config::load_from(&f, None, []));
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key, "api.listn");
@@ -473,7 +595,11 @@ mod tests {
         let f = write(d.path(), "a.toml", "[agent]\nshutdown_timeout = \"soon\"\n");
         let p = problems(Config::load_from(&f, None, []));
         assert_eq!(p[0].key, "agent.shutdown_timeout");
-        assert!(p[0].message.contains("soon") || p[0].message.contains("invalid"), "{}", p[0]);
+        assert!(
+            p[0].message.contains("soon") || p[0].message.contains("invalid"),
+            "{}",
+            p[0]
+        );
         assert_eq!(p[0].source, Source::File(f));
     }
 
@@ -491,14 +617,25 @@ mod tests {
     #[test]
     fn missing_file_is_named() {
         let err = Config::load_from(Path::new("/nonexistent/fleetlet.toml"), None, []).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/fleetlet.toml"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/fleetlet.toml"),
+            "{err}"
+        );
     }
 
     #[test]
     fn overlay_layers_over_base_and_bad_overlay_is_named() {
         let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "fleetlet.toml", "[api]\nlisten = \"127.0.0.1:9000\"\n[device]\nid = \"r1\"\n");
-        write(d.path(), "fleetlet.prod.toml", "[api]\nlisten = \"127.0.0.1:9100\"\n");
+        let f = write(
+            d.path(),
+            "fleetlet.toml",
+            "[api]\nlisten = \"127.0.0.1:9000\"\n[device]\nid = \"r1\"\n",
+        );
+        write(
+            d.path(),
+            "fleetlet.prod.toml",
+            "[api]\nlisten = \"127.0.0.1:9100\"\n",
+        );
         let c = Config::load_from(&f, Some("prod"), []).unwrap();
         assert_eq!(c.api.listen.port(), 9100);
         assert_eq!(c.device.id, "r1");
@@ -509,25 +646,57 @@ mod tests {
         assert_eq!(p[0].source, Source::File(bad));
 
         let missing = Config::load_from(&f, Some("nope"), []).unwrap_err();
-        assert!(missing.to_string().contains("fleetlet.nope.toml"), "{missing}");
+        assert!(
+            missing.to_string().contains("fleetlet.nope.toml"),
+            "{missing}"
+        );
     }
 
     #[test]
     fn env_variable_overrides_file_and_is_named_when_bad() {
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "a.toml", "[api]\nlisten = \"127.0.0.1:9000\"\n");
-        let c = Config::load_from(&f, None, [("FLEETLET_API__LISTEN".into(), "127.0.0.1:9200".into()), ("OTHER".into(), "x".into())]).unwrap();
+        let c = Config::load_from(
+            &f,
+            None,
+            [
+                ("FLEETLET_API__LISTEN".into(), "127.0.0.1:9200".into()),
+                ("OTHER".into(), "x".into()),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.api.listen.port(), 9200);
-        let c = Config::load_from(&f, None, [("FLEETLET_AGENT__DB_CACHE_BYTES".into(), "1048576".into())]).unwrap();
+        let c = Config::load_from(
+            &f,
+            None,
+            [("FLEETLET_AGENT__DB_CACHE_BYTES".into(), "1048576".into())],
+        )
+        .unwrap();
         assert_eq!(c.agent.db_cache_bytes.get(), 1_048_576);
 
-        let p = problems(Config::load_from(&f, None, [("FLEETLET_API__LISTEN".into(), "nope".into())]));
+        let p = problems(Config::load_from(
+            &f,
+            None,
+            [("FLEETLET_API__LISTEN".into(), "nope".into())],
+        ));
         assert_eq!(p[0].key, "api.listen");
         assert_eq!(p[0].source, Source::Env("FLEETLET_API__LISTEN".into()));
-        let p = problems(Config::load_from(&f, None, [("FLEETLET_API__LISTN".into(), "1".into())]));
+        let p = problems(Config::load_from(
+            &f,
+            None,
+            [("FLEETLET_API__LISTN".into(), "1".into())],
+        ));
         assert_eq!(p[0].key, "api.listn");
-        let p = problems(Config::load_from(&f, None, [("FLEETLET_FOO".into(), "1".into())]));
-        assert!(p[0].message.contains("FLEETLET_<SECTION>__<KEY>"), "{}", p[0]);
+        let p = problems(Config::load_from(
+            &f,
+            None,
+            [("FLEETLET_FOO".into(), "1".into())],
+        ));
+        assert!(
+            p[0].message.contains("FLEETLET_<SECTION>__<KEY>"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]
@@ -541,9 +710,13 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let mut v: toml::Value = toml::from_str("[mqtt]\npassword = \"hunter2\"\nhost = \"b\"\n").unwrap();
+        let mut v: toml::Value =
+            toml::from_str("[mqtt]\npassword = \"hunter2\"\nhost = \"b\"\n").unwrap();
         redact(&mut v);
         let s = toml::to_string(&v).unwrap();
-        assert!(!s.contains("hunter2") && s.contains("<redacted>") && s.contains("host"), "{s}");
+        assert!(
+            !s.contains("hunter2") && s.contains("<redacted>") && s.contains("host"),
+            "{s}"
+        );
     }
 }

@@ -97,7 +97,10 @@ impl DataDir {
                 .recursive(true)
                 .mode(0o750)
                 .create(&dir)
-                .map_err(|source| Error::Io { path: dir.clone(), source })?;
+                .map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -115,7 +118,10 @@ impl DataDir {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, _errno)) => {
@@ -124,7 +130,11 @@ impl DataDir {
                 let holder = holder.trim();
                 return Err(Error::Locked {
                     root: self.root.clone(),
-                    holder: if holder.is_empty() { "unknown".into() } else { holder.to_owned() },
+                    holder: if holder.is_empty() {
+                        "unknown".into()
+                    } else {
+                        holder.to_owned()
+                    },
                 });
             }
         };
@@ -134,7 +144,10 @@ impl DataDir {
             writeln!(f, "{}", std::process::id())?;
             f.sync_all()
         };
-        write_pid(&mut lock).map_err(|source| Error::Io { path: path.clone(), source })?;
+        write_pid(&mut lock).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(DirLock { _lock: lock })
     }
 
@@ -145,7 +158,11 @@ impl DataDir {
     ///
     /// # Errors
     /// [`Error::Db`] when even a fresh database cannot be opened (disk full, permissions).
-    pub fn open_db(&self, cache_bytes: u64, flush_every_ms: Option<u64>) -> Result<(sled::Db, Option<Quarantine>), Error> {
+    pub fn open_db(
+        &self,
+        cache_bytes: u64,
+        flush_every_ms: Option<u64>,
+    ) -> Result<(sled::Db, Option<Quarantine>), Error> {
         let path = self.db();
         let open = || {
             sled::Config::new()
@@ -160,9 +177,21 @@ impl DataDir {
             Err(first) => {
                 let ts = crate::telemetry::now_ms() / 1000;
                 let moved = self.root.join(format!("db.quarantine-{ts}"));
-                fs::rename(&path, &moved).map_err(|source| Error::Io { path: path.clone(), source })?;
-                let db = open().map_err(|source| Error::Db { path: path.clone(), source })?;
-                Ok((db, Some(Quarantine { moved_to: moved, reason: first.to_string() })))
+                fs::rename(&path, &moved).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let db = open().map_err(|source| Error::Db {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((
+                    db,
+                    Some(Quarantine {
+                        moved_to: moved,
+                        reason: first.to_string(),
+                    }),
+                ))
             }
         }
     }

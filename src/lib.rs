@@ -2,13 +2,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod datadir;
-pub mod liveness;
-pub mod logging;
-pub mod status;
-pub mod systemd;
-pub mod telemetry;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod datadir;
+pub mod liveness;
+pub mod logging;
 pub mod runtime;
+pub mod status;
+pub mod systemd;
+pub mod telemetry;

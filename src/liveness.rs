@@ -31,7 +31,10 @@ impl Default for Liveness {
 impl Liveness {
     /// A fresh liveness state, counted as live right now.
     pub fn new() -> Self {
-        Self { origin: Instant::now(), last_tick_ms: Arc::new(AtomicU64::new(0)) }
+        Self {
+            origin: Instant::now(),
+            last_tick_ms: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -45,7 +48,10 @@ impl Liveness {
 
     /// Time since the last tick.
     pub fn since_last_tick(&self) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(self.last_tick_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_tick_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether the event loop ticked recently.

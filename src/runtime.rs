@@ -18,9 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::datadir::{self, DataDir};
+pub use crate::liveness::Liveness;
 use crate::status::{Registry, SubsystemState};
 use crate::telemetry::{Priority, Sink};
-pub use crate::liveness::Liveness;
 
 /// What every subsystem gets when it starts. Subsystems spawn their tasks on `tracker`
 /// with `cancel.child_token()`, report on `status`, and emit records into `telemetry`.
@@ -82,9 +82,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     data.create()?;
     let lock = data.lock()?;
 
-    let (cache, flush_ms) = (config.agent.db_cache_bytes.get(), config.agent.db_flush_every.as_millis() as u64);
+    let (cache, flush_ms) = (
+        config.agent.db_cache_bytes.get(),
+        config.agent.db_flush_every.as_millis() as u64,
+    );
     let db_data = data.clone();
-    let (db, quarantine) = tokio::task::spawn_blocking(move || db_data.open_db(cache, Some(flush_ms.max(1)))).await??;
+    let (db, quarantine) =
+        tokio::task::spawn_blocking(move || db_data.open_db(cache, Some(flush_ms.max(1))))
+            .await??;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -93,20 +98,42 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let liveness = Liveness::new();
     liveness.tick();
     tracker.spawn(liveness.clone().run(cancel.child_token()));
-    let svc = Services { config: config.clone(), data, db, cancel: cancel.clone(), tracker: tracker.clone(), status: status.clone(), telemetry: telemetry.clone(), boot_id: new_boot_id(), liveness: liveness.clone() };
+    let svc = Services {
+        config: config.clone(),
+        data,
+        db,
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+        status: status.clone(),
+        telemetry: telemetry.clone(),
+        boot_id: new_boot_id(),
+        liveness: liveness.clone(),
+    };
 
     let agent = status.register("agent");
     agent.set_detail(json!({ "data_dir": svc.data.root(), "pid": std::process::id() }));
     if let Some(q) = &quarantine {
         tracing::error!(moved_to = %q.moved_to.display(), reason = %q.reason, "database could not be opened; quarantined it and started a new one");
-        telemetry.event(Priority::Critical, "db_quarantined", json!({ "moved_to": q.moved_to, "reason": q.reason }));
+        telemetry.event(
+            Priority::Critical,
+            "db_quarantined",
+            json!({ "moved_to": q.moved_to, "reason": q.reason }),
+        );
     }
 
     // Local API.
     if config.api.enabled {
         let api_status = status.register("api");
-        let state = crate::api::State { status: status.clone(), liveness: liveness.clone(), started, device_id: config.device.id.clone(), boot_id: svc.boot_id.clone(), extra: None };
-        let (bound, serving) = crate::api::serve(config.api.listen, state, cancel.child_token()).await?;
+        let state = crate::api::State {
+            status: status.clone(),
+            liveness: liveness.clone(),
+            started,
+            device_id: config.device.id.clone(),
+            boot_id: svc.boot_id.clone(),
+            extra: None,
+        };
+        let (bound, serving) =
+            crate::api::serve(config.api.listen, state, cancel.child_token()).await?;
         tracker.spawn(serving);
         api_status.set_detail(json!({ "listen": bound.to_string() }));
         api_status.set_state(SubsystemState::Running);
@@ -122,8 +149,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(n) = &notifier {
         n.notify("READY=1\nSTATUS=running");
     }
-    if let (Some(interval), Some(n)) = (crate::systemd::watchdog_interval(), crate::systemd::Notifier::from_env()) {
-        if let Err(e) = crate::systemd::spawn_watchdog(n, interval, liveness.clone(), watchdog_stop.clone()) {
+    if let (Some(interval), Some(n)) = (
+        crate::systemd::watchdog_interval(),
+        crate::systemd::Notifier::from_env(),
+    ) {
+        if let Err(e) =
+            crate::systemd::spawn_watchdog(n, interval, liveness.clone(), watchdog_stop.clone())
+        {
             tracing::warn!(error = %e, "cannot start the systemd watchdog thread");
         }
     }
@@ -134,7 +166,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         n.notify("STOPPING=1");
     }
     agent.set_state(SubsystemState::Stopped);
-    telemetry.event(Priority::Normal, "agent_stopping", json!({ "uptime_s": started.elapsed().as_secs() }));
+    telemetry.event(
+        Priority::Normal,
+        "agent_stopping",
+        json!({ "uptime_s": started.elapsed().as_secs() }),
+    );
 
     cancel.cancel();
     tracker.close();
@@ -143,7 +179,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     watchdog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let db = svc.db.clone();
     drop(svc);
-    tokio::task::spawn_blocking(move || db.flush()).await?.map_err(|e| datadir::Error::Db { path: config.agent.data_dir.join("db"), source: e })?;
+    tokio::task::spawn_blocking(move || db.flush())
+        .await?
+        .map_err(|e| datadir::Error::Db {
+            path: config.agent.data_dir.join("db"),
+            source: e,
+        })?;
     drop(lock);
     if finished {
         tracing::info!("fleetlet stopped");

@@ -78,12 +78,24 @@ pub struct Metric {
 impl Metric {
     /// A gauge without labels.
     pub fn gauge(name: impl Into<String>, help: impl Into<String>, value: f64) -> Self {
-        Self { name: name.into(), help: help.into(), kind: MetricKind::Gauge, labels: Vec::new(), value }
+        Self {
+            name: name.into(),
+            help: help.into(),
+            kind: MetricKind::Gauge,
+            labels: Vec::new(),
+            value,
+        }
     }
 
     /// A counter without labels.
     pub fn counter(name: impl Into<String>, help: impl Into<String>, value: f64) -> Self {
-        Self { name: name.into(), help: help.into(), kind: MetricKind::Counter, labels: Vec::new(), value }
+        Self {
+            name: name.into(),
+            help: help.into(),
+            kind: MetricKind::Counter,
+            labels: Vec::new(),
+            value,
+        }
     }
 
     /// Adds one label.
@@ -108,7 +120,11 @@ pub struct Report {
 
 impl Default for Report {
     fn default() -> Self {
-        Self { state: SubsystemState::Starting, detail: serde_json::Value::Null, metrics: Vec::new() }
+        Self {
+            state: SubsystemState::Starting,
+            detail: serde_json::Value::Null,
+            metrics: Vec::new(),
+        }
     }
 }
 
@@ -134,7 +150,10 @@ impl Registry {
 
     /// A snapshot of every subsystem's last report, by name.
     pub fn snapshot(&self) -> BTreeMap<&'static str, Report> {
-        self.lock().iter().map(|(k, rx)| (*k, rx.borrow().clone())).collect()
+        self.lock()
+            .iter()
+            .map(|(k, rx)| (*k, rx.borrow().clone()))
+            .collect()
     }
 
     /// True when every registered subsystem is started.
@@ -144,7 +163,9 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, watch::Receiver<Report>>> {
         // A poisoned lock only means a panic elsewhere while inserting; the map is still valid.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

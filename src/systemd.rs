@@ -17,7 +17,9 @@ pub struct Notifier {
 impl Notifier {
     /// Connects to `$NOTIFY_SOCKET`; `None` when not under systemd (or it is unusable).
     pub fn from_env() -> Option<Self> {
-        let addr = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty())?;
+        let addr = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|s| !s.is_empty())?;
         let socket = UnixDatagram::unbound().ok()?;
         Some(Self { socket, addr })
     }
@@ -27,7 +29,8 @@ impl Notifier {
     pub fn notify(&self, state: &str) {
         let res = if let Some(name) = self.addr.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| self.socket.send_to_addr(state.as_bytes(), &a))
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| self.socket.send_to_addr(state.as_bytes(), &a))
         } else {
             self.socket.send_to(state.as_bytes(), &self.addr)
         };
@@ -50,18 +53,28 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// Pings the watchdog at half its interval from a dedicated OS thread, but only while
 /// `liveness` shows the tokio event loop ticking. Runs until `stop` is set.
-pub fn spawn_watchdog(notifier: Notifier, interval: Duration, liveness: Liveness, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("sd-watchdog".into()).spawn(move || {
-        let period = interval / 2;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if liveness.is_live() {
-                notifier.notify("WATCHDOG=1");
-            } else {
-                tracing::error!(stalled_ms = liveness.since_last_tick().as_millis() as u64, "event loop stalled; withholding watchdog ping");
+pub fn spawn_watchdog(
+    notifier: Notifier,
+    interval: Duration,
+    liveness: Liveness,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sd-watchdog".into())
+        .spawn(move || {
+            let period = interval / 2;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if liveness.is_live() {
+                    notifier.notify("WATCHDOG=1");
+                } else {
+                    tracing::error!(
+                        stalled_ms = liveness.since_last_tick().as_millis() as u64,
+                        "event loop stalled; withholding watchdog ping"
+                    );
+                }
+                std::thread::sleep(period);
             }
-            std::thread::sleep(period);
-        }
-    })
+        })
 }
 
 #[cfg(test)]
@@ -73,7 +86,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier { socket: UnixDatagram::unbound().unwrap(), addr: path.to_string_lossy().into_owned() };
+        let n = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            addr: path.to_string_lossy().into_owned(),
+        };
         n.notify("READY=1");
         let mut buf = [0u8; 64];
         let len = server.recv(&mut buf).unwrap();
@@ -85,8 +101,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
-        server.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
-        let n = Notifier { socket: UnixDatagram::unbound().unwrap(), addr: path.to_string_lossy().into_owned() };
+        server
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let n = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            addr: path.to_string_lossy().into_owned(),
+        };
         let live = Liveness::new();
         live.tick();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -97,7 +118,10 @@ mod tests {
         // No more ticks: after the stale threshold the pings stop.
         std::thread::sleep(crate::liveness::STALE_AFTER + Duration::from_millis(100));
         while server.recv(&mut buf).is_ok() {}
-        assert!(server.recv(&mut buf).is_err(), "pinged while the event loop was stalled");
+        assert!(
+            server.recv(&mut buf).is_err(),
+            "pinged while the event loop was stalled"
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         t.join().unwrap();
     }

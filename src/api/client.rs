@@ -46,10 +46,15 @@ pub struct Reply {
 /// # Errors
 /// [`Error::NotRunning`] when nothing accepts the connection.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, Error> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| Error::NotRunning { addr, source })?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| Error::NotRunning { addr, source })?;
     let io = |source| Error::Io { addr, source };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(io)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     parse(&raw).ok_or(Error::Malformed { addr })
@@ -59,9 +64,16 @@ fn parse(raw: &[u8]) -> Option<Reply> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
     let rest = &raw[split + 4..];
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
     Some(Reply { status, body })
 }
 
@@ -88,7 +100,10 @@ mod tests {
     fn parses_plain_and_chunked_replies() {
         let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
-        let r = parse(b"HTTP/1.1 503 X\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse(
+            b"HTTP/1.1 503 X\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (503, &b"abcde"[..]));
         assert!(parse(b"garbage").is_none());
     }

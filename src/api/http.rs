@@ -49,9 +49,17 @@ pub struct State {
 ///
 /// # Errors
 /// [`Error::Bind`] when the address is taken or not allowed.
-pub async fn serve(addr: SocketAddr, state: State, cancel: CancellationToken) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+pub async fn serve(
+    addr: SocketAddr,
+    state: State,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -62,7 +70,9 @@ pub async fn serve(addr: SocketAddr, state: State, cancel: CancellationToken) ->
         app = app.merge(extra);
     }
     let fut = async move {
-        let res = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "local API stopped");
         }
@@ -75,17 +85,32 @@ async fn healthz(AxState(s): AxState<State>) -> Response {
     if s.liveness.is_live() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("event loop stalled: last tick {} ms ago\n", since.as_millis())).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "event loop stalled: last tick {} ms ago\n",
+                since.as_millis()
+            ),
+        )
+            .into_response()
     }
 }
 
 async fn readyz(AxState(s): AxState<State>) -> Response {
     let snapshot = s.status.snapshot();
-    let waiting: Vec<String> = snapshot.iter().filter(|(_, r)| !r.state.is_ready()).map(|(n, r)| format!("{n}: {:?}", r.state)).collect();
+    let waiting: Vec<String> = snapshot
+        .iter()
+        .filter(|(_, r)| !r.state.is_ready())
+        .map(|(n, r)| format!("{n}: {:?}", r.state))
+        .collect();
     if waiting.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", waiting.join(", "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join(", ")),
+        )
+            .into_response()
     }
 }
 
@@ -99,7 +124,12 @@ async fn status(AxState(s): AxState<State>) -> Json<serde_json::Value> {
         .status
         .snapshot()
         .into_iter()
-        .map(|(name, r)| (name.to_owned(), json!({ "state": r.state, "detail": r.detail })))
+        .map(|(name, r)| {
+            (
+                name.to_owned(),
+                json!({ "state": r.state, "detail": r.detail }),
+            )
+        })
         .collect();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),

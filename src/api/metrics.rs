@@ -17,10 +17,23 @@ pub fn rss_bytes() -> Option<u64> {
 /// Renders all metrics.
 pub fn render(s: &super::State) -> String {
     let mut all = vec![
-        Metric::gauge("fleetlet_uptime_seconds", "Seconds since the agent started.", s.started.elapsed().as_secs_f64()),
-        Metric::gauge("fleetlet_resident_memory_bytes", "Resident set size of the agent.", rss_bytes().unwrap_or(0) as f64),
-        Metric::gauge("fleetlet_event_loop_live", "1 while the event loop ticks.", f64::from(u8::from(s.liveness.is_live()))),
-        Metric::gauge("fleetlet_build_info", "Build information.", 1.0).label("version", env!("CARGO_PKG_VERSION")),
+        Metric::gauge(
+            "fleetlet_uptime_seconds",
+            "Seconds since the agent started.",
+            s.started.elapsed().as_secs_f64(),
+        ),
+        Metric::gauge(
+            "fleetlet_resident_memory_bytes",
+            "Resident set size of the agent.",
+            rss_bytes().unwrap_or(0) as f64,
+        ),
+        Metric::gauge(
+            "fleetlet_event_loop_live",
+            "1 while the event loop ticks.",
+            f64::from(u8::from(s.liveness.is_live())),
+        ),
+        Metric::gauge("fleetlet_build_info", "Build information.", 1.0)
+            .label("version", env!("CARGO_PKG_VERSION")),
     ];
     for (name, report) in s.status.snapshot() {
         all.push(
@@ -44,13 +57,21 @@ pub fn format_metrics(samples: &[Metric]) -> String {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
         };
-        let _ = writeln!(out, "# HELP {name} {}", ms[0].help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}",
+            ms[0].help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for m in ms {
             if m.labels.is_empty() {
                 let _ = writeln!(out, "{name} {}", fmt_value(m.value));
             } else {
-                let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
+                let labels: Vec<String> = m
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                    .collect();
                 let _ = writeln!(out, "{name}{{{}}} {}", labels.join(","), fmt_value(m.value));
             }
         }
@@ -59,14 +80,20 @@ pub fn format_metrics(samples: &[Metric]) -> String {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn fmt_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }

@@ -51,13 +51,24 @@ impl Sink {
     /// Creates a sink and the receiver the queue writer drains.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Self { tx, dropped: Arc::new(AtomicU64::new(0)) }, rx)
+        (
+            Self {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
     }
 
     /// Queues one record. Never blocks; when the intake is full (or closed) the record is
     /// dropped and counted.
     pub fn emit(&self, stream: &str, priority: Priority, payload: serde_json::Value) {
-        let record = Record { stream: stream.to_owned(), priority, ts_ms: now_ms(), payload };
+        let record = Record {
+            stream: stream.to_owned(),
+            priority,
+            ts_ms: now_ms(),
+            payload,
+        };
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -81,7 +92,10 @@ impl Sink {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -102,7 +116,11 @@ mod tests {
     #[tokio::test]
     async fn event_carries_its_kind() {
         let (sink, mut rx) = Sink::channel(4);
-        sink.event(Priority::Critical, "estop", serde_json::json!({"source": "mcu"}));
+        sink.event(
+            Priority::Critical,
+            "estop",
+            serde_json::json!({"source": "mcu"}),
+        );
         let r = rx.recv().await.unwrap();
         assert_eq!(r.stream, "events");
         assert_eq!(r.payload["kind"], "estop");
