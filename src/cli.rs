@@ -67,6 +67,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send an operation to the running agent over its control socket
+    /// (`<data_dir>/run/fleetlet.sock`, mode 0660). `fleetlet ctl ops.list` lists them.
+    Ctl {
+        /// Operation, e.g. `process.restart`.
+        op: String,
+        /// Arguments as JSON, e.g. '{"name":"nav"}'.
+        #[arg(default_value = "null")]
+        args: String,
+        /// Socket path; defaults to the one under `agent.data_dir` of --config, else
+        /// /var/lib/fleetlet/run/fleetlet.sock.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Read the data directory from this configuration file.
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Environment overlay for --config.
+        #[arg(long, value_name = "NAME", requires = "config")]
+        env: Option<String>,
+    },
     /// Print version, git commit, target triple and enabled features.
     Version,
 }
@@ -147,6 +166,13 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             env,
             json,
         } => report(status(addr, config, env, json)),
+        Command::Ctl {
+            op,
+            args,
+            socket,
+            config,
+            env,
+        } => report(ctl(&op, &args, socket, config, env)),
         Command::Version => {
             println!("fleetlet {}", env!("CARGO_PKG_VERSION"));
             println!("commit:   {}", env!("BUILD_GIT_COMMIT"));
@@ -294,4 +320,40 @@ fn summarize(d: &serde_json::Value) -> String {
             .join(" "),
         other => other.to_string(),
     }
+}
+
+/// Resolves the control socket for client commands.
+pub fn socket_path(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    env: Option<String>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    let data_dir = match config {
+        Some(path) => {
+            Config::load(&path, env.as_deref())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .agent
+                .data_dir
+        }
+        None => PathBuf::from(config::DEFAULT_DATA_DIR),
+    };
+    Ok(crate::datadir::DataDir::new(data_dir).socket())
+}
+
+fn ctl(
+    op: &str,
+    args: &str,
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    env: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let args: serde_json::Value = serde_json::from_str(args)
+        .with_context(|| format!("arguments must be JSON, got {args:?}"))?;
+    let path = socket_path(socket, config, env)?;
+    let result = crate::control::call(&path, op, args)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(ExitCode::SUCCESS)
 }

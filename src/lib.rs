@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod datadir;
 pub mod liveness;
 pub mod logging;

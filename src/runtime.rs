@@ -44,6 +44,9 @@ pub struct Services {
     pub boot_id: String,
     /// Event-loop liveness: `liveness.is_live()` is false when the tokio runtime stalls.
     pub liveness: Liveness,
+    /// Operations served on the control socket; subsystems register theirs
+    /// (`process.restart`, `mcu.arm`, ...).
+    pub ops: crate::control::Ops,
 }
 
 /// Why the agent stopped abnormally.
@@ -55,6 +58,9 @@ pub enum Error {
     /// The local API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::Error),
+    /// The control socket could not be created.
+    #[error(transparent)]
+    Control(#[from] crate::control::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -108,6 +114,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         telemetry: telemetry.clone(),
         boot_id: new_boot_id(),
         liveness: liveness.clone(),
+        ops: crate::control::Ops::default(),
     };
 
     let agent = status.register("agent");
@@ -139,6 +146,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         api_status.set_state(SubsystemState::Running);
         tracing::info!(listen = %bound, "local API listening");
     }
+
+    // Control socket: the only local way to change state.
+    let serving = crate::control::bind(
+        &svc.data.socket(),
+        svc.ops.clone(),
+        tracker.clone(),
+        cancel.child_token(),
+    )?;
+    tracker.spawn(serving);
 
     agent.set_state(SubsystemState::Running);
     telemetry.event(Priority::Normal, "agent_started", json!({ "version": env!("CARGO_PKG_VERSION"), "boot_id": svc.boot_id, "pid": std::process::id() }));

@@ -324,3 +324,26 @@ fn systemd_gets_ready_then_watchdog_pings_then_stopping() {
         Some(0)
     );
 }
+
+#[test]
+fn control_socket_is_private_and_answers_ctl() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port, "");
+    let _agent = spawn(&cfg, port);
+    // wait_ready below needs the agent; the socket is bound before readiness is reported.
+    wait_ready(&_agent);
+    let sock = dir.path().join("data/run/fleetlet.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "control socket must be 0660");
+    let out = fleetlet(&["ctl", "ops.list", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fleetlet(&["ctl", "no.such.op", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operation `no.such.op`"));
+}
