@@ -67,8 +67,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send an operation to the running agent over its control socket
-    /// (`<data_dir>/run/fleetlet.sock`, mode 0660). `fleetlet ctl ops.list` lists them.
+    /// Send an operation to the running agent over its control socket.
+    ///
+    /// The socket is `<data_dir>/run/fleetlet.sock`, mode 0660: only the agent's user and
+    /// group may act. `fleetlet ctl ops.list` lists the operations the agent offers.
     Ctl {
         /// Operation, e.g. `process.restart`.
         op: String,
