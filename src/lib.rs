@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod status;
 pub mod systemd;
 pub mod telemetry;
+pub mod workload;
