@@ -203,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             v("LD_LIBRARY_PATH"),
-            format!("{}/nav/lib", install.display())
+            format!("{0}/lidar/lib:{0}/nav/lib", install.display())
         );
         // The process's own env wins.
         let p = env.for_process(&w.processes["a"]);
