@@ -1,0 +1,1 @@
+//! `fleetlet keys …` and `fleetlet bundle …`.
