@@ -66,12 +66,12 @@ impl fmt::Display for BundleId {
 #[non_exhaustive]
 pub enum Error {
     /// An I/O operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What we were doing, with the path.
         context: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file ended before the section was complete.
     #[error("bundle is truncated: the {section} ends after {got} of {expected} bytes")]
@@ -406,10 +406,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }
