@@ -301,6 +301,16 @@ pub enum Error {
         /// Version in the new root.
         found: u64,
     },
+    /// A new root is not signed by a threshold of the current root's root keys.
+    #[error("root version {found} is not signed by a threshold of the current root (version {current}) root keys: {reason}")]
+    RotationNotAuthorized {
+        /// Current root version.
+        current: u64,
+        /// Proposed version.
+        found: u64,
+        /// The threshold failure.
+        reason: String,
+    },
     /// An archive entry path is absolute, contains `..`, or is otherwise unsafe.
     #[error("archive entry {path:?} refused: {reason}")]
     UnsafePath {

@@ -455,7 +455,12 @@ impl TrustedRoot {
         }
         let msg = file.signed.as_bytes();
         self.doc
-            .check_threshold(WHAT_ROOT, Role::Root, msg, &file.signatures, &self.revoked)?;
+            .check_threshold(WHAT_ROOT, Role::Root, msg, &file.signatures, &self.revoked)
+            .map_err(|e| Error::RotationNotAuthorized {
+                current: self.doc.version,
+                found: new.version,
+                reason: e.to_string(),
+            })?;
         new.check_threshold(WHAT_ROOT, Role::Root, msg, &file.signatures, &self.revoked)?;
         let mut revoked = self.revoked.clone();
         for k in &self.doc.keys {
