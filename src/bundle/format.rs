@@ -172,3 +172,59 @@ pub fn write_bundle<W: Write, R: Read>(
         .map_err(|e| Error::io("writing bundle header", e))?;
     io::copy(payload, out).map_err(|e| Error::io("writing bundle payload", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_magic_version_and_length_prefixed_sections() {
+        let manifest = br#"{"a":1}"#;
+        let h = encode_header(manifest, &[]).unwrap();
+        let expected: Vec<u8> = [
+            &b"FLTBUNDL"[..], // magic
+            &[0, 0, 0, 1],    // format version 1, big-endian
+            &[0, 0, 0, 7],    // manifest length
+            manifest,         // manifest bytes (signed)
+            &[0, 0, 0, 2],    // signatures length
+            b"[]",            // signatures JSON
+        ]
+        .concat();
+        assert_eq!(h, expected);
+        let mut r = &h[..];
+        let parsed = read_header(&mut r).unwrap();
+        assert_eq!(parsed.manifest_bytes, manifest);
+        assert!(parsed.signatures.is_empty());
+        assert_eq!(parsed.len, h.len() as u64);
+    }
+
+    #[test]
+    fn signatures_block_with_unknown_fields_is_malformed() {
+        let e =
+            parse_signatures(br#"[{"keyid":"00112233445566778899aabbccddeeff","sig":"00","x":1}]"#)
+                .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Malformed {
+                what: "signatures block",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn empty_manifest_is_refused() {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        assert!(matches!(
+            read_header(&mut &b[..]).unwrap_err(),
+            Error::SectionTooLarge {
+                section: "manifest",
+                len: 0,
+                ..
+            }
+        ));
+    }
+}

@@ -116,7 +116,7 @@ pub enum Error {
         supported: u32,
     },
     /// A length prefix exceeds its limit.
-    #[error("the {section} is {len} bytes, over the {max}-byte limit")]
+    #[error("the {section} length {len} is outside the allowed range (1 to {max} bytes)")]
     SectionTooLarge {
         /// Which section.
         section: &'static str,
