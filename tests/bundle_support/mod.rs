@@ -24,6 +24,7 @@ pub fn now() -> SystemTime {
 }
 
 /// A root document signed by `signers`.
+#[allow(clippy::too_many_arguments)]
 pub fn root_file(
     version: u64,
     root_keys: &[&SecretKey],
@@ -148,7 +149,7 @@ impl RawTar {
         self.header(path, b'0', mode, data.len() as u64, "");
         self.bytes.extend_from_slice(data);
         let pad = (512 - data.len() % 512) % 512;
-        self.bytes.extend(std::iter::repeat_n(0u8, pad));
+        self.bytes.resize(self.bytes.len() + pad, 0);
         self.file_bytes += data.len() as u64;
         self
     }
@@ -212,7 +213,7 @@ pub fn bundle_with(
     let m = o.manifest(payload_info(payload, unpacked, entries));
     let bytes = m.to_bytes().unwrap();
     let sigs: Vec<_> = signers.iter().map(|k| k.sign(&bytes)).collect();
-    assemble(&bytes, &sigs, &payload).unwrap()
+    assemble(&bytes, &sigs, payload).unwrap()
 }
 
 /// A bundle from a raw tar, declaring its true sizes, signed by bundle keys 11 and 12.
