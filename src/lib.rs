@@ -12,5 +12,7 @@ pub mod liveness;
 pub mod logging;
 pub mod runtime;
 pub mod status;
+pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
+pub mod workload;
