@@ -16,7 +16,9 @@ fn node(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_start_in_dependency_order_and_stop_in_reverse() {
     let ready = |name: &str| {
-        format!(r#"readiness = {{ exec = {{ command = "grep", args = ["-q", "start {name}", "{{dir}}/journal"] }}, interval = "50ms" }}"#)
+        format!(
+            r#"readiness = {{ exec = {{ command = "grep", args = ["-q", "start {name}", "{{dir}}/journal"] }}, interval = "50ms" }}"#
+        )
     };
     let manifest = format!(
         r#"
@@ -52,21 +54,44 @@ async fn processes_start_in_dependency_order_and_stop_in_reverse() {
     let journal = rig.path("journal");
     eventually(5, "4 starts", || lines(&journal).len() == 4).await;
     let j = lines(&journal);
-    let pos = |l: &str| j.iter().position(|x| x == l).unwrap_or_else(|| panic!("{l} missing in {j:?}"));
-    assert!(pos("start a") < pos("start b") && pos("start b") < pos("start c"), "{j:?}");
+    let pos = |l: &str| {
+        j.iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("{l} missing in {j:?}"))
+    };
+    assert!(
+        pos("start a") < pos("start b") && pos("start b") < pos("start c"),
+        "{j:?}"
+    );
     assert!(pos("start a") < pos("start d"), "{j:?}");
     rig.handle.shutdown().await.unwrap();
     let j = lines(&journal);
-    let pos = |l: &str| j.iter().position(|x| x == l).unwrap_or_else(|| panic!("{l} missing in {j:?}"));
-    assert!(pos("stop c") < pos("stop b") && pos("stop b") < pos("stop a"), "{j:?}");
+    let pos = |l: &str| {
+        j.iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("{l} missing in {j:?}"))
+    };
+    assert!(
+        pos("stop c") < pos("stop b") && pos("stop b") < pos("stop a"),
+        "{j:?}"
+    );
     assert!(pos("stop d") < pos("stop a"), "{j:?}");
     let snap = rig.handle.snapshot();
-    assert!(snap.processes.values().all(|p| p.state == ProcessState::Stopped), "{snap:#?}");
+    assert!(
+        snap.processes
+            .values()
+            .all(|p| p.state == ProcessState::Stopped),
+        "{snap:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependant_waits_until_the_dependency_listens_on_its_tcp_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let server = format!(
         "import socket, time; time.sleep(1.0); s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(); open('{{dir}}/journal', 'a').write('listening' + chr(10)); time.sleep(1000)"
     );

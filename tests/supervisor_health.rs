@@ -34,9 +34,19 @@ async fn liveness_failure_restarts_the_process() {
     .await;
     let p = &snap.processes["hung"];
     assert_ne!(p.pid, first);
-    assert_eq!(p.last_exit.as_ref().and_then(|e| e.signal.clone()).as_deref(), Some("SIGTERM"));
+    assert_eq!(
+        p.last_exit
+            .as_ref()
+            .and_then(|e| e.signal.clone())
+            .as_deref(),
+        Some("SIGTERM")
+    );
     let logs = rig.handle.logs("hung", 20).unwrap();
-    assert!(logs.iter().any(|l| l.text.contains("liveness failed 3 times")), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.text.contains("liveness failed 3 times")),
+        "{logs:?}"
+    );
     eventually(5, "second run", || lines(&rig.path("runs")).len() == 2).await;
     // Healthy again once the probe passes.
     wait_until(&rig.handle, 5, "healthy", |s| s.processes["hung"].healthy).await;
@@ -54,12 +64,18 @@ async fn ros_check_without_a_provider_fails_with_a_clear_reason() {
         "#,
     )
     .await;
-    let snap = wait_until(&rig.handle, 10, "a readiness reason", |s| s.processes["lidar"].reason.is_some()).await;
+    let snap = wait_until(&rig.handle, 10, "a readiness reason", |s| {
+        s.processes["lidar"].reason.is_some()
+    })
+    .await;
     let p = &snap.processes["lidar"];
     assert_eq!(p.state, ProcessState::Starting);
     assert!(!p.ready);
     let reason = p.reason.clone().unwrap();
-    assert!(reason.contains("built without the ros2 feature") && reason.contains("ros2_topic_rate"), "{reason}");
+    assert!(
+        reason.contains("built without the ros2 feature") && reason.contains("ros2_topic_rate"),
+        "{reason}"
+    );
     rig.handle.shutdown().await.unwrap();
 }
 
@@ -127,7 +143,14 @@ async fn readiness_deadline_restarts_a_process_that_never_gets_ready() {
     )
     .await;
     let snap = wait_state(&rig.handle, "slow", ProcessState::Failed, 10).await;
-    assert!(snap.processes["slow"].reason.as_deref().unwrap().contains("not ready within 300ms"), "{snap:#?}");
+    assert!(
+        snap.processes["slow"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not ready within 300ms"),
+        "{snap:#?}"
+    );
     assert_eq!(lines(&rig.path("runs")).len(), 2);
     rig.handle.shutdown().await.unwrap();
 }

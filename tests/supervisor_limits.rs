@@ -25,10 +25,17 @@ async fn memory_limit_stops_an_allocation_beyond_it() {
     // Control: without a limit the same program allocates and exits 0.
     let free = start(&manifest("")).await;
     let snap = wait_until(&free.handle, 30, "control run ends", |s| {
-        matches!(s.processes["hog"].state, ProcessState::Exited | ProcessState::Failed)
+        matches!(
+            s.processes["hog"].state,
+            ProcessState::Exited | ProcessState::Failed
+        )
     })
     .await;
-    assert_eq!(snap.processes["hog"].state, ProcessState::Exited, "control run failed: {snap:#?}");
+    assert_eq!(
+        snap.processes["hog"].state,
+        ProcessState::Exited,
+        "control run failed: {snap:#?}"
+    );
     assert_eq!(snap.processes["hog"].limits.memory, LimitApplied::None);
     free.handle.shutdown().await.unwrap();
 
@@ -36,17 +43,29 @@ async fn memory_limit_stops_an_allocation_beyond_it() {
     let snap = wait_state(&rig.handle, "hog", ProcessState::Failed, 30).await;
     let p = &snap.processes["hog"];
     let logs = rig.handle.logs("hog", 50).unwrap();
-    assert!(!logs.iter().any(|l| l.text == "allocated"), "allocation succeeded under the limit: {logs:?}");
+    assert!(
+        !logs.iter().any(|l| l.text == "allocated"),
+        "allocation succeeded under the limit: {logs:?}"
+    );
     match &p.limits.memory {
         LimitApplied::Rlimit(detail) => {
             assert!(detail.contains("RLIMIT_DATA=67108864"), "{detail}");
-            assert!(logs.iter().any(|l| l.text.contains("MemoryError")), "{logs:?}");
+            assert!(
+                logs.iter().any(|l| l.text.contains("MemoryError")),
+                "{logs:?}"
+            );
             assert_eq!(p.last_exit.as_ref().and_then(|e| e.code), Some(1));
         }
         LimitApplied::Cgroup(detail) => {
             assert!(detail.ends_with("memory.max"), "{detail}");
             // The OOM killer ends it.
-            assert_eq!(p.last_exit.as_ref().and_then(|e| e.signal.clone()).as_deref(), Some("SIGKILL"));
+            assert_eq!(
+                p.last_exit
+                    .as_ref()
+                    .and_then(|e| e.signal.clone())
+                    .as_deref(),
+                Some("SIGKILL")
+            );
         }
         other => panic!("memory limit not applied: {other:?}"),
     }
@@ -57,7 +76,10 @@ async fn memory_limit_stops_an_allocation_beyond_it() {
 async fn cgroup_memory_limit_is_enforced_where_delegated() {
     let rig = start(&manifest("limits = { memory = \"64MiB\", cpu = 0.5 }")).await;
     let snap = wait_until(&rig.handle, 30, "hog ends", |s| {
-        matches!(s.processes["hog"].state, ProcessState::Exited | ProcessState::Failed)
+        matches!(
+            s.processes["hog"].state,
+            ProcessState::Exited | ProcessState::Failed
+        )
     })
     .await;
     let p = &snap.processes["hog"];
@@ -65,7 +87,13 @@ async fn cgroup_memory_limit_is_enforced_where_delegated() {
         (LimitApplied::Cgroup(_), LimitApplied::Cgroup(cpu)) => {
             assert!(cpu.ends_with("cpu.max"));
             assert_eq!(p.state, ProcessState::Failed);
-            assert_eq!(p.last_exit.as_ref().and_then(|e| e.signal.clone()).as_deref(), Some("SIGKILL"));
+            assert_eq!(
+                p.last_exit
+                    .as_ref()
+                    .and_then(|e| e.signal.clone())
+                    .as_deref(),
+                Some("SIGKILL")
+            );
         }
         (LimitApplied::Rlimit(mem), LimitApplied::NotApplied(cpu)) => {
             // Status says exactly why the cgroup path was not taken.

@@ -17,7 +17,13 @@ async fn output_lines_are_kept_per_process_and_can_be_followed() {
         "#,
     )
     .await;
-    eventually(5, "3 lines", || rig.handle.logs("talker", 10).map(|l| l.len() >= 3).unwrap_or(false)).await;
+    eventually(5, "3 lines", || {
+        rig.handle
+            .logs("talker", 10)
+            .map(|l| l.len() >= 3)
+            .unwrap_or(false)
+    })
+    .await;
     let mut follow = rig.handle.follow("talker").unwrap();
     let tail = rig.handle.logs("talker", 2).unwrap();
     assert_eq!(tail.len(), 2);
@@ -26,7 +32,10 @@ async fn output_lines_are_kept_per_process_and_can_be_followed() {
     let two = all.iter().find(|l| l.text == "two").unwrap();
     assert_eq!(two.stream, LogStream::Stderr);
     std::fs::write(rig.path("go"), "").unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), follow.recv()).await.unwrap().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), follow.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.text, "four");
     assert!(rig.handle.logs("nobody", 1).is_err());
     rig.handle.shutdown().await.unwrap();
@@ -58,7 +67,10 @@ async fn log_rate_limit_holds_under_a_process_printing_as_fast_as_it_can() {
     .await;
     let snap = wait_state(&rig.handle, "storm", ProcessState::Exited, 30).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let written: u64 = std::fs::read_to_string(rig.path("written")).unwrap().parse().unwrap();
+    let written: u64 = std::fs::read_to_string(rig.path("written"))
+        .unwrap()
+        .parse()
+        .unwrap();
     let kept = rig
         .handle
         .logs("storm", 100_000)
@@ -69,12 +81,25 @@ async fn log_rate_limit_holds_under_a_process_printing_as_fast_as_it_can() {
     let suppressed = snap.processes["storm"].log_suppressed;
     // Token bucket bound: burst + rate × elapsed (+1 for rounding).
     let bound = 200 + (100.0 * elapsed).ceil() as u64 + 1;
-    assert!(kept <= bound, "kept {kept} lines, bound {bound} (elapsed {elapsed:.2}s)");
+    assert!(
+        kept <= bound,
+        "kept {kept} lines, bound {bound} (elapsed {elapsed:.2}s)"
+    );
     assert!(kept >= 200, "the burst was not kept: {kept}");
-    assert_eq!(kept + suppressed, written, "every line is either kept or counted");
+    assert_eq!(
+        kept + suppressed,
+        written,
+        "every line is either kept or counted"
+    );
     // The child was never blocked on its pipe: it wrote far more than was kept.
     assert!(written > 20 * kept, "written {written}, kept {kept}");
-    let markers = rig.handle.logs("storm", 100_000).unwrap().into_iter().filter(|l| l.stream == LogStream::Supervisor && l.text.contains("suppressed")).count();
+    let markers = rig
+        .handle
+        .logs("storm", 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == LogStream::Supervisor && l.text.contains("suppressed"))
+        .count();
     assert!(markers >= 1, "no suppression marker");
     rig.handle.shutdown().await.unwrap();
 }

@@ -842,11 +842,9 @@ impl Actor {
                     (Which::Readiness, CheckOutcome::Fail(why)) => {
                         self.update(|p| p.reason = Some(format!("not ready: {why}")));
                     }
-                    (Which::Liveness, CheckOutcome::Pass) => {
-                        if live_failures > 0 || !self.status().healthy {
-                            live_failures = 0;
-                            self.update(|p| { p.healthy = true; p.reason = None; });
-                        }
+                    (Which::Liveness, CheckOutcome::Pass) if live_failures > 0 || !self.status().healthy => {
+                        live_failures = 0;
+                        self.update(|p| { p.healthy = true; p.reason = None; });
                     }
                     (Which::Liveness, CheckOutcome::Fail(why)) => {
                         live_failures += 1;

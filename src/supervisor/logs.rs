@@ -212,11 +212,7 @@ pub(crate) async fn capture<R: AsyncRead + Unpin>(
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, pipe);
     let mut line: Vec<u8> = Vec::with_capacity(256);
-    loop {
-        let chunk = match reader.fill_buf().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
+    while let Ok(chunk) = reader.fill_buf().await {
         if chunk.is_empty() {
             break;
         }

@@ -148,9 +148,8 @@ pub(crate) fn signal_group(pgid: i32, sig: Signal) -> nix::Result<()> {
 /// own children and not `leader` (tokio reaps the leader) are reaped here: they are
 /// grandchildren reparented to the agent (PID 1 in a container, or a subreaper).
 pub(crate) fn group_alive(pgid: i32, leader: Option<i32>) -> bool {
-    match killpg(Pid::from_raw(pgid), None) {
-        Err(Errno::ESRCH) => return false,
-        Err(_) | Ok(()) => {}
+    if let Err(Errno::ESRCH) = killpg(Pid::from_raw(pgid), None) {
+        return false;
     }
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     let mut alive = false;
