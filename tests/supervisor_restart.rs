@@ -9,7 +9,10 @@ use supervisor_common::*;
 
 /// Nanosecond timestamps (CLOCK_REALTIME via date) the child appended at each start.
 fn starts(p: &std::path::Path) -> Vec<u128> {
-    lines(p).iter().filter_map(|l| l.trim().parse().ok()).collect()
+    lines(p)
+        .iter()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +34,10 @@ async fn crash_is_restarted_with_exponentially_growing_backoff() {
     let gaps: Vec<u128> = s.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
     // Each delay is at least the configured backoff: 200, 400, 800 ms.
     for (i, (gap, min)) in gaps.iter().zip([200u128, 400, 800]).enumerate() {
-        assert!(*gap >= min, "gap {i} was {gap} ms, expected ≥ {min} ms (gaps {gaps:?})");
+        assert!(
+            *gap >= min,
+            "gap {i} was {gap} ms, expected ≥ {min} ms (gaps {gaps:?})"
+        );
     }
     // Growth, not a constant delay: the third gap is longer than the first.
     assert!(gaps[2] > gaps[0], "{gaps:?}");
@@ -63,9 +69,16 @@ async fn on_failure_leaves_a_clean_exit_exited_but_restarts_a_failure() {
         s.processes["dirty"].state == ProcessState::Running && s.processes["dirty"].restarts == 2
     })
     .await;
-    eventually(5, "third dirty run writes", || lines(&rig.path("dirty")).len() == 3).await;
+    eventually(5, "third dirty run writes", || {
+        lines(&rig.path("dirty")).len() == 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(lines(&rig.path("clean")).len(), 1, "a clean exit was restarted");
+    assert_eq!(
+        lines(&rig.path("clean")).len(),
+        1,
+        "a clean exit was restarted"
+    );
     assert_eq!(lines(&rig.path("dirty")).len(), 3);
     rig.handle.shutdown().await.unwrap();
 }
@@ -86,7 +99,10 @@ async fn always_restarts_even_a_clean_exit() {
         s.processes["job"].state == ProcessState::Running && s.processes["job"].restarts == 2
     })
     .await;
-    eventually(5, "third run writes", || lines(&rig.path("runs")).len() == 3).await;
+    eventually(5, "third run writes", || {
+        lines(&rig.path("runs")).len() == 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(lines(&rig.path("runs")).len(), 3);
     rig.handle.shutdown().await.unwrap();
@@ -106,7 +122,10 @@ async fn never_does_not_restart_and_a_failure_is_reported_failed() {
     let snap = wait_state(&rig.handle, "once", ProcessState::Failed, 10).await;
     let p = &snap.processes["once"];
     assert_eq!(p.last_exit.as_ref().and_then(|e| e.code), Some(7));
-    assert!(p.reason.as_deref().unwrap_or("").contains("code 7"), "{p:?}");
+    assert!(
+        p.reason.as_deref().unwrap_or("").contains("code 7"),
+        "{p:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lines(&rig.path("runs")).len(), 1);
     assert_eq!(rig.handle.snapshot().processes["once"].restarts, 0);
@@ -128,10 +147,17 @@ async fn crash_loop_marks_failed_and_stops_restarting_until_an_operator_starts_i
     .await;
     let snap = wait_state(&rig.handle, "loop", ProcessState::Failed, 10).await;
     let p = &snap.processes["loop"];
-    assert!(p.reason.as_deref().unwrap_or("").contains("crash loop"), "{p:?}");
+    assert!(
+        p.reason.as_deref().unwrap_or("").contains("crash loop"),
+        "{p:?}"
+    );
     assert!(!p.ready);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(lines(&rig.path("runs")).len(), 4, "restarted after the crash loop");
+    assert_eq!(
+        lines(&rig.path("runs")).len(),
+        4,
+        "restarted after the crash loop"
+    );
     // The failure is an event with critical priority.
     let mut saw = false;
     while let Ok(r) = rig.telemetry.try_recv() {
@@ -143,7 +169,10 @@ async fn crash_loop_marks_failed_and_stops_restarting_until_an_operator_starts_i
     assert!(saw, "no process_failed event");
     // An operator start clears the crash window: it runs (and loops) again.
     rig.handle.start("loop").await.unwrap();
-    eventually(10, "runs after operator start", || lines(&rig.path("runs")).len() >= 5).await;
+    eventually(10, "runs after operator start", || {
+        lines(&rig.path("runs")).len() >= 5
+    })
+    .await;
     wait_state(&rig.handle, "loop", ProcessState::Failed, 10).await;
     assert_eq!(lines(&rig.path("runs")).len(), 8);
     rig.handle.shutdown().await.unwrap();
@@ -161,10 +190,15 @@ async fn spawn_failure_is_retried_then_fails_with_the_reason() {
     )
     .await;
     let snap = wait_state(&rig.handle, "ghost", ProcessState::Failed, 10).await;
-    assert!(snap.processes["ghost"].reason.as_deref().unwrap().contains("crash loop"));
+    assert!(snap.processes["ghost"]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("crash loop"));
     let logs = rig.handle.logs("ghost", 10).unwrap();
     assert!(
-        logs.iter().any(|l| l.text.contains("cannot start \"/nonexistent/binary\"")),
+        logs.iter()
+            .any(|l| l.text.contains("cannot start \"/nonexistent/binary\"")),
         "{logs:?}"
     );
     rig.handle.shutdown().await.unwrap();

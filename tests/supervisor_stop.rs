@@ -39,8 +39,18 @@ async fn a_process_ignoring_sigint_is_escalated_to_sigterm() {
     let snap = rig.handle.snapshot();
     let p = &snap.processes["stubborn"];
     assert_eq!(p.state, ProcessState::Stopped);
-    assert_eq!(lines(&file), vec!["up", "SIGINT"], "SIGINT was delivered and ignored");
-    assert_eq!(p.last_exit.as_ref().and_then(|e| e.signal.clone()).as_deref(), Some("SIGTERM"));
+    assert_eq!(
+        lines(&file),
+        vec!["up", "SIGINT"],
+        "SIGINT was delivered and ignored"
+    );
+    assert_eq!(
+        p.last_exit
+            .as_ref()
+            .and_then(|e| e.signal.clone())
+            .as_deref(),
+        Some("SIGTERM")
+    );
     // It waited out the SIGINT step before escalating.
     assert!(took >= Duration::from_millis(400), "{took:?}");
     rig.handle.shutdown().await.unwrap();
@@ -64,11 +74,18 @@ async fn a_process_ignoring_sigint_and_sigterm_is_killed() {
     let snap = rig.handle.snapshot();
     let p = &snap.processes["deaf"];
     assert_eq!(lines(&file), vec!["up", "SIGINT", "SIGTERM"]);
-    assert_eq!(p.last_exit.as_ref().and_then(|e| e.signal.clone()).as_deref(), Some("SIGKILL"));
+    assert_eq!(
+        p.last_exit
+            .as_ref()
+            .and_then(|e| e.signal.clone())
+            .as_deref(),
+        Some("SIGKILL")
+    );
     assert!(!alive(pid));
     let logs = rig.handle.logs("deaf", 5).unwrap();
     assert!(
-        logs.iter().any(|l| l.text.contains("SIGINT → SIGTERM → SIGKILL")),
+        logs.iter()
+            .any(|l| l.text.contains("SIGINT → SIGTERM → SIGKILL")),
         "{logs:?}"
     );
     rig.handle.shutdown().await.unwrap();
@@ -116,7 +133,10 @@ async fn leader_exit_takes_its_group_down_before_the_restart() {
     .await;
     eventually(10, "two runs", || lines(&rig.path("leaders")).len() >= 2).await;
     let first: i32 = lines(&rig.path("leaders"))[0].parse().unwrap();
-    assert!(group(first).is_empty(), "first run's group still has members");
+    assert!(
+        group(first).is_empty(),
+        "first run's group still has members"
+    );
     rig.handle.shutdown().await.unwrap();
 }
 
@@ -145,11 +165,23 @@ async fn pause_freezes_the_whole_group_and_resume_thaws_it() {
             .to_owned()
     };
     rig.handle.pause("p").await.unwrap();
-    assert_eq!(rig.handle.snapshot().processes["p"].state, ProcessState::Paused);
-    eventually(5, "all stopped", || group(pgid).iter().all(|m| state_of(*m) == "T")).await;
+    assert_eq!(
+        rig.handle.snapshot().processes["p"].state,
+        ProcessState::Paused
+    );
+    eventually(5, "all stopped", || {
+        group(pgid).iter().all(|m| state_of(*m) == "T")
+    })
+    .await;
     rig.handle.resume("p").await.unwrap();
-    assert_eq!(rig.handle.snapshot().processes["p"].state, ProcessState::Running);
-    eventually(5, "all thawed", || group(pgid).iter().all(|m| state_of(*m) != "T")).await;
+    assert_eq!(
+        rig.handle.snapshot().processes["p"].state,
+        ProcessState::Running
+    );
+    eventually(5, "all thawed", || {
+        group(pgid).iter().all(|m| state_of(*m) != "T")
+    })
+    .await;
     // Pausing a stopped process is refused with the state named.
     rig.handle.stop("p").await.unwrap();
     let e = rig.handle.pause("p").await.unwrap_err();
@@ -164,6 +196,9 @@ async fn pause_freezes_the_whole_group_and_resume_thaws_it() {
 async fn unknown_process_is_a_clear_error() {
     let rig = start("[process.a]\ncommand = \"sleep\"\nargs = [\"100\"]\n").await;
     let e = rig.handle.restart("nope").await.unwrap_err();
-    assert_eq!(e.to_string(), "no process named \"nope\" in the current workload");
+    assert_eq!(
+        e.to_string(),
+        "no process named \"nope\" in the current workload"
+    );
     rig.handle.shutdown().await.unwrap();
 }

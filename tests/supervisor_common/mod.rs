@@ -73,7 +73,12 @@ pub async fn start_with(
 }
 
 /// Waits until `pred` holds on the snapshot; panics with the snapshot after `secs`.
-pub async fn wait_until(h: &Handle, secs: u64, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+pub async fn wait_until(
+    h: &Handle,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
     let mut rx = h.watch();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -112,7 +117,10 @@ pub fn lines(p: &Path) -> Vec<String> {
 pub async fn eventually(secs: u64, what: &str, f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -121,7 +129,13 @@ pub async fn eventually(secs: u64, what: &str, f: impl Fn() -> bool) {
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+            let state = s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             state != "Z" && state != "X"
         }
         Err(_) => false,
@@ -134,9 +148,17 @@ pub fn group(pgid: i32) -> Vec<i32> {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
-                s.rsplit(')').next()?.split_whitespace().nth(2)?.parse::<i32>().ok()
-            }) == Some(pgid)
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(2)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                == Some(pgid)
         })
         .filter(|pid| alive(*pid))
         .collect()
