@@ -227,10 +227,12 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[supervisor]`
+    pub supervisor: crate::supervisor::Config,
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api"];
+const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor"];
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -279,6 +281,7 @@ impl Config {
 
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
+        self.supervisor.validate(problems);
         if self.device.id.is_empty()
             || !self
                 .device
@@ -484,7 +487,19 @@ impl Layered {
             device: self.section("device"),
             agent: self.section("agent"),
             api: self.section("api"),
+            supervisor: self.section("supervisor"),
         };
+        let mut config = config;
+        // A workload path is relative to the file that names it (manifests ship beside configs).
+        if let Some(w) = config.supervisor.workload.as_mut() {
+            if w.is_relative() {
+                if let Source::File(f) = self.source_of("supervisor.workload") {
+                    if let Some(dir) = f.parent() {
+                        *w = dir.join(&*w);
+                    }
+                }
+            }
+        }
         let unknown: Vec<String> = self.table.keys().cloned().collect();
         for key in unknown {
             let source = self.source_of(&key);
