@@ -55,3 +55,17 @@ async fn demo_workload_runs_to_all_ready_and_stops_cleanly() {
         "{logs:?}"
     );
 }
+
+#[test]
+fn dev_config_runs_the_demo_workload() {
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-manifests/config/dev.toml");
+    let cfg = fleetlet::config::Config::load(&dev, None).unwrap();
+    assert!(cfg.supervisor.allow_unsigned_workloads);
+    let w = cfg
+        .supervisor
+        .workload
+        .expect("dev config names a workload");
+    assert!(w.ends_with("demo-workload.toml"), "{}", w.display());
+    let parsed = Workload::from_file(&w).unwrap();
+    assert!(parsed.processes.contains_key("sensor"));
+}
