@@ -12,4 +12,5 @@ pub mod logging;
 pub mod runtime;
 pub mod status;
 pub mod systemd;
+pub mod mqtt;
 pub mod telemetry;

@@ -1,0 +1,1 @@
+//! `fleetlet tail`.
