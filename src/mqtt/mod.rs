@@ -218,7 +218,7 @@ mod tests {
     fn defaults_are_valid_and_disabled_skips_checks() {
         let mut p = Vec::new();
         Config::default().validate(&mut p);
-        let mut c = Config {
+        let c = Config {
             enabled: true,
             ..Config::default()
         };

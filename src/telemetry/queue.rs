@@ -547,3 +547,167 @@ impl Queue {
 fn db_err(op: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |source| Error::Db { op, source }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Model-based tests (vector disk_v2/tests/model style): random operations run against
+    //! the real queue and a plain in-memory model; after every step the stored records,
+    //! byte accounting and drop counts must agree.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    const STREAMS: [&str; 3] = ["a", "b", "c"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Vec<(usize, Priority, usize)>),
+        Ack(usize),
+        Reopen,
+    }
+
+    fn prio() -> impl Strategy<Value = Priority> {
+        prop_oneof![Just(Priority::Critical), Just(Priority::Normal), Just(Priority::Bulk)]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => proptest::collection::vec((0..3usize, prio(), 0..400usize), 1..40).prop_map(Op::Append),
+            2 => (1..30usize).prop_map(Op::Ack),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        lanes: [VecDeque<(String, u64, u64)>; 3],
+        seqs: HashMap<String, u64>,
+        bytes: u64,
+        drops: BTreeMap<String, Drops>,
+    }
+
+    fn record(stream: &str, p: Priority, len: usize) -> Record {
+        Record { stream: stream.into(), priority: p, ts_ms: 1, payload: serde_json::Value::String("x".repeat(len)) }
+    }
+
+    fn size(r: &Record, seq: u64, boot: &str) -> u64 {
+        let payload = serde_json::to_vec(&r.payload).unwrap();
+        (9 + Stored { stream: &r.stream, seq, ts_ms: r.ts_ms, boot, payload: &payload }.encode().len()) as u64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..40), budget in 2_000u64..40_000) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let mut boot = 0u32;
+            let mut q = Queue::open(&db, &format!("{boot:032}"), budget).unwrap();
+            let mut m = Model::default();
+            for op in ops {
+                match op {
+                    Op::Append(rs) => {
+                        let recs: Vec<Record> = rs.iter().map(|(s, p, l)| record(STREAMS[*s], *p, *l)).collect();
+                        q.append(&recs).unwrap();
+                        for r in &recs {
+                            let seq = m.seqs.entry(r.stream.clone()).or_insert(0);
+                            let sz = size(r, *seq, q.boot());
+                            m.lanes[prio_index(r.priority)].push_back((r.stream.clone(), *seq, sz));
+                            *seq += 1;
+                            m.bytes += sz;
+                        }
+                        while m.bytes > budget {
+                            let Some(lane) = m.lanes.iter_mut().rev().find(|l| !l.is_empty()) else { break };
+                            let (s, _, sz) = lane.pop_front().unwrap();
+                            m.bytes -= sz;
+                            m.drops.entry(s).or_default().evicted += 1;
+                        }
+                    }
+                    Op::Ack(n) => {
+                        let got = q.read(&[None; 3], n, usize::MAX).unwrap();
+                        let lane = m.lanes.iter_mut().find(|l| !l.is_empty());
+                        match (got, lane) {
+                            (None, None) => {}
+                            (Some((p, entries)), Some(lane)) => {
+                                prop_assert_eq!(entries.len(), n.min(lane.len()));
+                                for e in &entries {
+                                    let r = e.decode().unwrap();
+                                    let (s, seq, sz) = lane.pop_front().unwrap();
+                                    prop_assert_eq!((r.stream, r.seq), (s.as_str(), seq));
+                                    prop_assert_eq!(prio_of_key(&e.key), Some(p));
+                                    m.bytes -= sz;
+                                }
+                                let keys: Vec<_> = entries.into_iter().map(|e| e.key).collect();
+                                q.remove(&keys).unwrap();
+                            }
+                            (got, lane) => prop_assert!(false, "queue read {:?} but model lane {:?}", got.map(|g| g.1.len()), lane.map(|l| l.len())),
+                        }
+                    }
+                    Op::Reopen => {
+                        q.flush().unwrap();
+                        drop(q);
+                        boot += 1;
+                        q = Queue::open(&db, &format!("{boot:032}"), budget).unwrap();
+                        // Drop counters are per agent start (they were reported already).
+                        m.drops.clear();
+                    }
+                }
+                for p in PRIORITIES {
+                    let stored: Vec<(String, u64)> = q.entries(p).unwrap().iter().map(|e| { let r = e.decode().unwrap(); (r.stream.to_owned(), r.seq) }).collect();
+                    let model: Vec<(String, u64)> = m.lanes[prio_index(p)].iter().map(|(s, q, _)| (s.clone(), *q)).collect();
+                    prop_assert_eq!(stored, model, "priority {:?}", p);
+                }
+                prop_assert_eq!(q.stats().bytes, m.bytes);
+                prop_assert!(q.stats().bytes <= budget);
+                prop_assert_eq!(q.drops(), m.drops.clone());
+                for s in STREAMS {
+                    prop_assert_eq!(q.next_seq(s), m.seqs.get(s).copied().unwrap_or(0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_with_their_original_boot_id_and_seq_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let q = Queue::open(&db, "boot-1", 1 << 20).unwrap();
+        q.append(&[record("a", Priority::Normal, 3), record("a", Priority::Normal, 3)]).unwrap();
+        q.flush().unwrap();
+        drop(q);
+        let q = Queue::open(&db, "boot-2", 1 << 20).unwrap();
+        q.append(&[record("a", Priority::Normal, 3)]).unwrap();
+        let got: Vec<(String, u64)> = q.entries(Priority::Normal).unwrap().iter().map(|e| { let r = e.decode().unwrap(); (r.boot.to_owned(), r.seq) }).collect();
+        assert_eq!(got, [("boot-1".into(), 0), ("boot-1".into(), 1), ("boot-2".into(), 2)]);
+    }
+
+    #[test]
+    fn read_after_cursor_skips_records_already_taken_and_prefers_higher_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let q = Queue::open(&db, "b", 1 << 20).unwrap();
+        q.append(&[record("bulk", Priority::Bulk, 1), record("n", Priority::Normal, 1), record("n", Priority::Normal, 1)]).unwrap();
+        let (p, e) = q.read(&[None; 3], 1, usize::MAX).unwrap().unwrap();
+        assert_eq!((p, e.len()), (Priority::Normal, 1));
+        let mut cur = [None; 3];
+        cur[1] = Some(e[0].counter());
+        let (p, e2) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
+        assert_eq!((p, e2.len(), e2[0].decode().unwrap().seq), (Priority::Normal, 1, 1));
+        cur[1] = Some(e2[0].counter());
+        let (p, _) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
+        assert_eq!(p, Priority::Bulk);
+    }
+
+    #[test]
+    fn damaged_records_are_removed_on_open_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let q = Queue::open(&db, "b", 1 << 20).unwrap();
+        q.append(&[record("a", Priority::Normal, 1)]).unwrap();
+        drop(q);
+        db.open_tree(TREE).unwrap().insert(make_key(Priority::Normal, 99), &[0xffu8; 3][..]).unwrap();
+        let q = Queue::open(&db, "b", 1 << 20).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.drops()["<corrupt>"].corrupt, 1);
+    }
+}
