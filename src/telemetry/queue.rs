@@ -287,7 +287,7 @@ impl Queue {
         if records.is_empty() {
             return Ok(0);
         }
-        {
+        let evicted = {
             let mut st = self.state();
             let mut batch = sled::Batch::default();
             let mut seqs_touched: HashMap<&str, u64> = HashMap::new();
@@ -326,23 +326,22 @@ impl Queue {
             for (p, stream, bytes) in added {
                 st.add(p, stream, bytes);
             }
-        }
-        let evicted = self.evict()?;
+            self.evict(&mut st)?
+        };
         self.inner.appended.notify_waiters();
         Ok(evicted)
     }
 
-    fn evict(&self) -> Result<u64, Error> {
+    /// Evicts while over budget. Runs under the state lock of the append, so no snapshot
+    /// ever sees the queue over its budget.
+    fn evict(&self, st: &mut State) -> Result<u64, Error> {
         let mut evicted = 0;
-        loop {
-            if self.state().bytes <= self.inner.budget {
-                return Ok(evicted);
-            }
+        while st.bytes > self.inner.budget {
             let Some(p) = PRIORITIES
                 .iter()
                 .rev()
                 .copied()
-                .find(|p| self.state().lanes.keys().any(|(lp, _)| lp == p))
+                .find(|p| st.lanes.keys().any(|(lp, _)| lp == p))
             else {
                 return Ok(evicted);
             };
@@ -356,22 +355,24 @@ impl Queue {
                 .map_err(db_err("scan"))?;
             if keys.is_empty() {
                 // Accounting says records exist but sled has none: resynchronise.
-                self.state().lanes.retain(|(lp, _), _| *lp != p);
+                st.lanes.retain(|(lp, _), _| *lp != p);
                 continue;
             }
             for k in keys {
-                if self.state().bytes <= self.inner.budget {
+                if st.bytes <= self.inner.budget {
                     break;
                 }
                 if let Some(v) = self.inner.tree.remove(&k).map_err(db_err("evict"))? {
-                    let mut st = self.state();
-                    let stream = Stored::decode(&v).map(|r| r.stream.to_owned()).unwrap_or_else(|_| "<corrupt>".into());
+                    let stream = Stored::decode(&v)
+                        .map(|r| r.stream.to_owned())
+                        .unwrap_or_else(|_| "<corrupt>".into());
                     st.sub(p, &stream, (k.len() + v.len()) as u64);
                     st.drops.entry(stream).or_default().evicted += 1;
                     evicted += 1;
                 }
             }
         }
+        Ok(evicted)
     }
 
     /// Makes everything appended so far durable (blocking, an fsync).

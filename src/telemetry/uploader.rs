@@ -105,7 +105,7 @@ impl Uploader {
             if inflight.len() >= window {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut inflight).await, None => return },
+                    a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut acks, &mut inflight).await, None => return },
                     _ = epoch.changed() => {}
                 }
                 continue;
@@ -129,7 +129,7 @@ impl Uploader {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = &mut appended => {}
-                    a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut inflight).await, None => return },
+                    a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut acks, &mut inflight).await, None => return },
                     _ = epoch.changed() => {}
                     _ = connected.changed() => {}
                 }
@@ -145,7 +145,7 @@ impl Uploader {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(self.cfg.batch_linger - age) => {}
                         _ = &mut appended => {}
-                        a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut inflight).await, None => return },
+                        a = acks.recv() => match a { Some(a) => self.on_ack(a, &mut acks, &mut inflight).await, None => return },
                         _ = epoch.changed() => {}
                     }
                     continue;
@@ -160,15 +160,34 @@ impl Uploader {
         }
     }
 
-    async fn on_ack(&self, ev: LinkEvent, inflight: &mut HashMap<u64, InFlight>) {
-        let LinkEvent::Acked(token) = ev;
-        let Some(f) = inflight.remove(&token) else { return };
-        let n = f.keys.len() as u64;
+    /// Handles one acknowledgement plus any others already waiting, then removes their
+    /// records and makes the removal durable with one flush, so a crash right after can
+    /// only resend what was in flight.
+    async fn on_ack(&self, ev: LinkEvent, acks: &mut tokio::sync::mpsc::Receiver<LinkEvent>, inflight: &mut HashMap<u64, InFlight>) {
+        let mut keys = Vec::new();
+        let mut messages = 0u64;
+        let mut next = Some(ev);
+        while let Some(LinkEvent::Acked(token)) = next {
+            if let Some(f) = inflight.remove(&token) {
+                keys.extend(f.keys);
+                messages += 1;
+            }
+            next = acks.try_recv().ok();
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let n = keys.len() as u64;
         let q = self.queue.clone();
-        match tokio::task::spawn_blocking(move || q.remove(&f.keys)).await {
+        match tokio::task::spawn_blocking(move || {
+            q.remove(&keys)?;
+            q.flush()
+        })
+        .await
+        {
             Ok(Ok(())) => {
                 self.stats.acked_records.fetch_add(n, Ordering::Relaxed);
-                self.stats.acked_messages.fetch_add(1, Ordering::Relaxed);
+                self.stats.acked_messages.fetch_add(messages, Ordering::Relaxed);
             }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot remove acknowledged records; they will be sent again"),
             Err(e) => tracing::error!(error = %e, "remove task failed"),
