@@ -40,10 +40,13 @@ impl Broker {
         let bdir = dir.join(format!("broker-{port}"));
         std::fs::create_dir_all(&bdir).unwrap();
         let conf = bdir.join("mosquitto.conf");
+        // Run as ourselves: as root, mosquitto would switch to user `mosquitto`, which cannot
+        // read the test's private temp dir (keys, persistence).
+        let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n{extra}\n",
+                "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n{extra}\n",
                 bdir.display()
             ),
         )
