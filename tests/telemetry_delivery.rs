@@ -191,3 +191,43 @@ async fn garbage_on_downlink_topics_is_counted_and_ignored() {
     poller.abort();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_decoded_records_once_despite_duplicate_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), free_port(), "");
+    broker.start();
+    let args = fleetlet::mqtt::tail::TailArgs {
+        broker: format!("127.0.0.1:{}", broker.port),
+        device: Some("robot-t".into()),
+        stream: None,
+        prefix: "fleet".into(),
+        ca: None,
+        cert: None,
+        key: None,
+        username: None,
+        json: false,
+        count: Some(3),
+    };
+    let tail = tokio::spawn(async move {
+        let mut out = Vec::new();
+        fleetlet::mqtt::tail::run_to(args, &mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscribed
+    let (cloud, mut el) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("pub", "127.0.0.1", broker.port), 16);
+    let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let batch = |seqs: &[u64]| {
+        let recs: Vec<_> = seqs.iter().map(|s| serde_json::json!({"seq": s, "ts": 0, "payload": {"v": s}})).collect();
+        serde_json::json!({"device": "robot-t", "boot": "b1", "stream": "pose", "records": recs}).to_string()
+    };
+    for seqs in [&[0u64, 1][..], &[0, 1], &[1, 2]] {
+        cloud.publish("fleet/robot-t/telemetry/pose", rumqttc::QoS::AtLeastOnce, false, batch(seqs)).await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), tail).await.expect("tail exits after --count").unwrap();
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], r#"robot-t pose #0 1970-01-01T00:00:00.000Z {"v":0}"#);
+    assert!(lines[2].starts_with("robot-t pose #2 "), "{out}");
+    poller.abort();
+}
