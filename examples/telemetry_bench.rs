@@ -18,11 +18,19 @@ const RECORD: usize = 256;
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_owned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn payload() -> serde_json::Value {
@@ -39,16 +47,25 @@ fn subscriber(port: u16, filter: &str) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
     let filter = filter.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let mut o = rumqttc::MqttOptions::new(format!("bench-sub-{}", rand::random::<u32>()), "127.0.0.1", port);
+            let mut o = rumqttc::MqttOptions::new(
+                format!("bench-sub-{}", rand::random::<u32>()),
+                "127.0.0.1",
+                port,
+            );
             o.set_max_packet_size(64 << 20, 64 << 20).set_inflight(1000);
             let (c, mut el) = rumqttc::AsyncClient::new(o, 100);
             let mut tx = Some(tx);
             loop {
                 match el.poll().await {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        c.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce).await.unwrap();
+                        c.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                            .await
+                            .unwrap();
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         if let Some(t) = tx.take() {
@@ -70,7 +87,8 @@ fn subscriber(port: u16, filter: &str) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
             }
         });
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("subscriber ready");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("subscriber ready");
     (records, raw)
 }
 
@@ -87,11 +105,20 @@ fn wait_count(c: &AtomicU64, n: u64, within: Duration) -> Option<Instant> {
 
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
 }
 
 fn ingest(data: &Path, n: u64, batch: usize) -> f64 {
@@ -99,7 +126,14 @@ fn ingest(data: &Path, n: u64, batch: usize) -> f64 {
     dir.create().unwrap();
     let (db, _) = dir.open_db(16 << 20, None).unwrap();
     let q = Queue::open(&db, "bench-boot-0000000000000000000000", 4 << 30).unwrap();
-    let recs: Vec<Record> = (0..batch).map(|_| Record { stream: "bench".into(), priority: Priority::Normal, ts_ms: fleetlet::telemetry::now_ms(), payload: payload() }).collect();
+    let recs: Vec<Record> = (0..batch)
+        .map(|_| Record {
+            stream: "bench".into(),
+            priority: Priority::Normal,
+            ts_ms: fleetlet::telemetry::now_ms(),
+            payload: payload(),
+        })
+        .collect();
     let t = Instant::now();
     let mut done = 0u64;
     while done < n {
@@ -124,10 +158,20 @@ fn main() {
 
     // Broker.
     let port = free_port();
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "root".into());
     let conf = tmp.path().join("mosquitto.conf");
     std::fs::write(&conf, format!("user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n")).unwrap();
-    let mut broker = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -141,7 +185,14 @@ fn main() {
         "[device]\nid = \"bench\"\n[agent]\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n[telemetry]\nmetrics_interval = \"0s\"\nbatch_records = 1000\nbatch_bytes = 1048576\ninflight = 32\n",
         data.display()
     )).unwrap();
-    let mut agent = Command::new(&agent_bin).args(["run", "--config"]).arg(&cfg).env_remove("NOTIFY_SOCKET").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent binary (build with --release)");
+    let mut agent = Command::new(&agent_bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent binary (build with --release)");
     let pid = agent.id();
     let rss_max = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -165,7 +216,10 @@ fn main() {
         Some(t) => n as f64 / t.duration_since(first).as_secs_f64(),
         None => 0.0,
     };
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = agent.wait();
     let rss_mb = rss_max.load(Ordering::Relaxed) as f64 / 1024.0;
     println!("drain (agent -> mosquitto -> subscriber, {got}/{n} received): {drain_rate:>10.0} rec/s   target >= 100000  {}", verdict(drain_rate >= 100_000.0 && got >= n));
@@ -175,7 +229,23 @@ fn main() {
     let before = raw.load(Ordering::Relaxed);
     let body = "m".repeat(RECORD);
     let t = Instant::now();
-    let status = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", "peer/pub", "--repeat", &peer_n.to_string(), "-m", &body]).status().expect("mosquitto_pub");
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "peer/pub",
+            "--repeat",
+            &peer_n.to_string(),
+            "-m",
+            &body,
+        ])
+        .status()
+        .expect("mosquitto_pub");
     let pub_done = wait_count(&raw, before + peer_n, Duration::from_secs(120));
     let pub_rate = match (status.success(), pub_done) {
         (true, Some(end)) => peer_n as f64 / end.duration_since(t).as_secs_f64(),
@@ -185,7 +255,10 @@ fn main() {
 
     // 3b. Plain rumqttc publisher, one record per message, QoS 1.
     let before = raw.load(Ordering::Relaxed);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let t = Instant::now();
     rt.block_on(async {
         let mut o = rumqttc::MqttOptions::new("bench-rumqttc", "127.0.0.1", port);
@@ -193,7 +266,14 @@ fn main() {
         let (c, mut el) = rumqttc::AsyncClient::new(o, 1000);
         let pubs = tokio::spawn(async move {
             for _ in 0..peer_n {
-                c.publish("peer/rumqttc", rumqttc::QoS::AtLeastOnce, false, vec![b'm'; RECORD]).await.unwrap();
+                c.publish(
+                    "peer/rumqttc",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    vec![b'm'; RECORD],
+                )
+                .await
+                .unwrap();
             }
             c
         });
@@ -206,10 +286,16 @@ fn main() {
         let _ = pubs.await;
     });
     let rq_done = wait_count(&raw, before + peer_n, Duration::from_secs(120));
-    let rq_rate = rq_done.map(|end| peer_n as f64 / end.duration_since(t).as_secs_f64()).unwrap_or(0.0);
+    let rq_rate = rq_done
+        .map(|end| peer_n as f64 / end.duration_since(t).as_secs_f64())
+        .unwrap_or(0.0);
     println!("peer rumqttc, one record per QoS 1 message:        {rq_rate:>10.0} msg/s");
     if pub_rate > 0.0 && rq_rate > 0.0 {
-        println!("ratios: drain / mosquitto_pub = {:.1}x, drain / rumqttc per-message = {:.1}x", drain_rate / pub_rate, drain_rate / rq_rate);
+        println!(
+            "ratios: drain / mosquitto_pub = {:.1}x, drain / rumqttc per-message = {:.1}x",
+            drain_rate / pub_rate,
+            drain_rate / rq_rate
+        );
     }
     let _ = broker.kill();
     let _ = broker.wait();

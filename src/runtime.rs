@@ -156,12 +156,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
             Ok((h, rx)) => (Some(h), Some(rx)),
             Err(e) => {
                 tracing::error!(error = %e, "mqtt link not started; telemetry keeps buffering");
-                telemetry.event(Priority::Critical, "mqtt_start_failed", json!({ "error": e.to_string() }));
+                telemetry.event(
+                    Priority::Critical,
+                    "mqtt_start_failed",
+                    json!({ "error": e.to_string() }),
+                );
                 (None, None)
             }
         }
     } else {
-        svc.status.register("mqtt").set_state(SubsystemState::Disabled);
+        svc.status
+            .register("mqtt")
+            .set_state(SubsystemState::Disabled);
         (None, None)
     };
     // The update engine / command handler take `downlink` over once they exist.
@@ -169,7 +175,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let _telemetry = crate::telemetry::start(
         &svc,
         &config.telemetry,
-        crate::telemetry::Inputs { intake, link, quarantine: quarantine.clone() },
+        crate::telemetry::Inputs {
+            intake,
+            link,
+            quarantine: quarantine.clone(),
+        },
     )
     .await?;
     // --- end telemetry + mqtt ---

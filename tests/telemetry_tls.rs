@@ -11,8 +11,16 @@ use fleetlet::telemetry::{Config, Priority};
 use telemetry_common::*;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Pki {
@@ -32,12 +40,24 @@ impl Pki {
         let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
         let run = |cmd: String| openssl(&dir, &cmd.split_whitespace().collect::<Vec<_>>());
         for ca in ["ca", "otherca"] {
-            run(format!("req -x509 {ec} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca}"));
+            run(format!(
+                "req -x509 {ec} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca}"
+            ));
         }
-        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-        std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
         for name in ["server", "client"] {
-            run(format!("req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"));
+            run(format!(
+                "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"
+            ));
             run(format!("x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"));
         }
         // Expired client certificate through `openssl ca`, which accepts explicit dates.
@@ -51,7 +71,28 @@ impl Pki {
             ),
         )
         .unwrap();
-        openssl(&dir, &["ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "client.csr", "-out", "expired.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z", "-notext"]);
+        openssl(
+            &dir,
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                "ca.cnf",
+                "-cert",
+                "ca.pem",
+                "-keyfile",
+                "ca.key",
+                "-in",
+                "client.csr",
+                "-out",
+                "expired.pem",
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200201000000Z",
+                "-notext",
+            ],
+        );
         Self { dir }
     }
 }
@@ -71,11 +112,27 @@ fn tls_broker(root: &Path, pki: &Pki) -> (Broker, u16) {
 }
 
 fn tcfg() -> Config {
-    Config { metrics_interval: Duration::ZERO, batch_linger: Duration::from_millis(10), ..Config::default() }
+    Config {
+        metrics_interval: Duration::ZERO,
+        batch_linger: Duration::from_millis(10),
+        ..Config::default()
+    }
 }
 
-fn tls_mqtt(port: u16, ca: PathBuf, cert: Option<PathBuf>, key: Option<PathBuf>) -> fleetlet::mqtt::Config {
-    let c = fleetlet::mqtt::Config { tls: Some(TlsConfig { ca, client_cert: cert, client_key: key }), ..mqtt_config(port) };
+fn tls_mqtt(
+    port: u16,
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> fleetlet::mqtt::Config {
+    let c = fleetlet::mqtt::Config {
+        tls: Some(TlsConfig {
+            ca,
+            client_cert: cert,
+            client_key: key,
+        }),
+        ..mqtt_config(port)
+    };
     let mut problems = Vec::new();
     c.validate(&mut problems);
     assert!(problems.is_empty(), "{problems:?}");
@@ -88,35 +145,62 @@ async fn mutual_tls_with_generated_certificates_delivers_telemetry() {
     let pki = Pki::generate(dir.path());
     let (broker, plain) = tls_broker(dir.path(), &pki);
     let collector = Collector::start(plain, &["fleet/+/telemetry/#"]);
-    let m = tls_mqtt(broker.port, pki.p("ca.pem"), Some(pki.p("client.pem")), Some(pki.p("client.key")));
+    let m = tls_mqtt(
+        broker.port,
+        pki.p("ca.pem"),
+        Some(pki.p("client.pem")),
+        Some(pki.p("client.key")),
+    );
     let h = Harness::start(dir.path(), "robot-tls", tcfg(), Some(m), 1024).await;
     let link = h.link.clone().unwrap();
-    eventually(Duration::from_secs(15), "mTLS link up", || *link.connected().borrow()).await;
+    eventually(Duration::from_secs(15), "mTLS link up", || {
+        *link.connected().borrow()
+    })
+    .await;
     for i in 0..100 {
         h.sink.emit("imu", Priority::Normal, payload(i));
     }
-    eventually(Duration::from_secs(15), "records over mTLS", || collector.with(|g| g.unique("imu") == 100)).await;
+    eventually(Duration::from_secs(15), "records over mTLS", || {
+        collector.with(|g| g.unique("imu") == 100)
+    })
+    .await;
     collector.with(|g| g.assert_complete_and_ordered("imu", 100));
     h.stop().await;
 }
 
-async fn refused_and_buffering(dir: &Path, m: fleetlet::mqtt::Config, device: &str, expect: &[&str]) {
+async fn refused_and_buffering(
+    dir: &Path,
+    m: fleetlet::mqtt::Config,
+    device: &str,
+    expect: &[&str],
+) {
     let h = Harness::start(dir, device, tcfg(), Some(m), 1024).await;
     let link = h.link.clone().unwrap();
-    eventually(Duration::from_secs(15), "a connection error", || link.last_error().is_some()).await;
+    eventually(Duration::from_secs(15), "a connection error", || {
+        link.last_error().is_some()
+    })
+    .await;
     // Errors repeat with backoff; the link never comes up.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!*link.connected().borrow());
     let err = link.last_error().unwrap();
-    assert!(expect.iter().any(|e| err.contains(e)), "error {err:?} should mention one of {expect:?}");
+    assert!(
+        expect.iter().any(|e| err.contains(e)),
+        "error {err:?} should mention one of {expect:?}"
+    );
     for i in 0..50 {
         h.sink.emit("imu", Priority::Normal, payload(i));
     }
     let q = h.telemetry.queue.clone();
     eventually(Duration::from_secs(5), "records buffered", || q.len() == 50).await;
     let snap = h.svc.status.snapshot();
-    assert_eq!(snap["mqtt"].state, fleetlet::status::SubsystemState::Degraded);
-    assert!(snap["mqtt"].detail["last_error"].as_str().is_some_and(|e| e == err || !e.is_empty()));
+    assert_eq!(
+        snap["mqtt"].state,
+        fleetlet::status::SubsystemState::Degraded
+    );
+    assert!(snap["mqtt"].detail["last_error"]
+        .as_str()
+        .is_some_and(|e| e == err || !e.is_empty()));
     h.stop().await;
 }
 
@@ -125,8 +209,19 @@ async fn wrong_ca_fails_with_a_clear_error_and_the_agent_keeps_buffering() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
     let (broker, _) = tls_broker(dir.path(), &pki);
-    let m = tls_mqtt(broker.port, pki.p("otherca.pem"), Some(pki.p("client.pem")), Some(pki.p("client.key")));
-    refused_and_buffering(dir.path(), m, "robot-ca", &["not signed by the CA in mqtt.tls.ca"]).await;
+    let m = tls_mqtt(
+        broker.port,
+        pki.p("otherca.pem"),
+        Some(pki.p("client.pem")),
+        Some(pki.p("client.key")),
+    );
+    refused_and_buffering(
+        dir.path(),
+        m,
+        "robot-ca",
+        &["not signed by the CA in mqtt.tls.ca"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +229,17 @@ async fn expired_client_certificate_fails_with_a_clear_error_and_the_agent_keeps
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
     let (broker, _) = tls_broker(dir.path(), &pki);
-    let m = tls_mqtt(broker.port, pki.p("ca.pem"), Some(pki.p("expired.pem")), Some(pki.p("client.key")));
-    refused_and_buffering(dir.path(), m, "robot-exp", &["CertificateExpired", "expired"]).await;
+    let m = tls_mqtt(
+        broker.port,
+        pki.p("ca.pem"),
+        Some(pki.p("expired.pem")),
+        Some(pki.p("client.key")),
+    );
+    refused_and_buffering(
+        dir.path(),
+        m,
+        "robot-exp",
+        &["CertificateExpired", "expired"],
+    )
+    .await;
 }

@@ -207,25 +207,58 @@ mod tests {
 
     #[test]
     fn desired_state_decodes_and_empty_payload_clears() {
-        let p = format!(r#"{{"manifest_url":"https://x/m.json","digest":"{DIGEST}","rollout":{{"percent":20,"salt":"a"}}}}"#);
-        let d = decode(topics::Downlink::GroupDesired("eu".into()), p.as_bytes(), 1024).unwrap();
-        assert!(matches!(d, Downlink::Desired { scope: Scope::Group(ref g), desired: Some(ref x) } if g == "eu" && x.rollout.as_ref().unwrap().percent == 20));
+        let p = format!(
+            r#"{{"manifest_url":"https://x/m.json","digest":"{DIGEST}","rollout":{{"percent":20,"salt":"a"}}}}"#
+        );
+        let d = decode(
+            topics::Downlink::GroupDesired("eu".into()),
+            p.as_bytes(),
+            1024,
+        )
+        .unwrap();
+        assert!(
+            matches!(d, Downlink::Desired { scope: Scope::Group(ref g), desired: Some(ref x) } if g == "eu" && x.rollout.as_ref().unwrap().percent == 20)
+        );
         assert_eq!(
             decode(topics::Downlink::DeviceDesired, b"", 1024).unwrap(),
-            Downlink::Desired { scope: Scope::Device, desired: None }
+            Downlink::Desired {
+                scope: Scope::Device,
+                desired: None
+            }
         );
     }
 
     #[test]
     fn wrong_shapes_are_named() {
-        let e = decode(topics::Downlink::DeviceDesired, br#"{"manifest_url":"u"}"#, 1024).unwrap_err();
+        let e = decode(
+            topics::Downlink::DeviceDesired,
+            br#"{"manifest_url":"u"}"#,
+            1024,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("missing field `digest`"), "{e}");
-        let e = decode(topics::Downlink::DeviceDesired, format!(r#"{{"manifest_url":"u","digest":"{DIGEST}","x":1}}"#).as_bytes(), 1024).unwrap_err();
+        let e = decode(
+            topics::Downlink::DeviceDesired,
+            format!(r#"{{"manifest_url":"u","digest":"{DIGEST}","x":1}}"#).as_bytes(),
+            1024,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
-        let e = decode(topics::Downlink::DeviceDesired, br#"{"manifest_url":"u","digest":"md5:1"}"#, 1024).unwrap_err();
+        let e = decode(
+            topics::Downlink::DeviceDesired,
+            br#"{"manifest_url":"u","digest":"md5:1"}"#,
+            1024,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("md5:1"), "{e}");
         let e = decode(topics::Downlink::Command("x".into()), &[0u8; 2000], 1024).unwrap_err();
-        assert!(matches!(e, Error::TooLarge { size: 2000, max: 1024 }));
+        assert!(matches!(
+            e,
+            Error::TooLarge {
+                size: 2000,
+                max: 1024
+            }
+        ));
     }
 
     proptest! {

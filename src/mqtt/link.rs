@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +84,9 @@ pub struct Handle {
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("mqtt::Handle").field("connected", &*self.connected.borrow()).finish()
+        f.debug_struct("mqtt::Handle")
+            .field("connected", &*self.connected.borrow())
+            .finish()
     }
 }
 
@@ -122,8 +126,14 @@ impl Handle {
         let len = payload.len() as u64;
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         self.push(topic, payload, false, Some(token))?;
-        self.shared.counters.published.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.published_bytes.fetch_add(len, Ordering::Relaxed);
+        self.shared
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .published_bytes
+            .fetch_add(len, Ordering::Relaxed);
         Ok(token)
     }
 
@@ -136,9 +146,19 @@ impl Handle {
         self.push(topic, payload, retain, None)
     }
 
-    fn push(&self, topic: &str, payload: Vec<u8>, retain: bool, token: Option<u64>) -> Result<(), PublishError> {
+    fn push(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        token: Option<u64>,
+    ) -> Result<(), PublishError> {
         let mut order = lock(&self.shared.order);
-        match self.shared.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+        match self
+            .shared
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
             Ok(()) => {
                 order.push_back(token);
                 Ok(())
@@ -153,13 +173,21 @@ impl Handle {
     /// Messages handed to the link / acknowledged / bytes handed (since start).
     pub fn counters(&self) -> (u64, u64, u64) {
         let c = &self.shared.counters;
-        (c.published.load(Ordering::Relaxed), c.acked.load(Ordering::Relaxed), c.published_bytes.load(Ordering::Relaxed))
+        (
+            c.published.load(Ordering::Relaxed),
+            c.acked.load(Ordering::Relaxed),
+            c.published_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Downlink messages accepted / refused as invalid / dropped because the channel was full.
     pub fn downlink_counters(&self) -> (u64, u64, u64) {
         let c = &self.shared.counters;
-        (c.downlink_ok.load(Ordering::Relaxed), c.downlink_bad.load(Ordering::Relaxed), c.downlink_dropped.load(Ordering::Relaxed))
+        (
+            c.downlink_ok.load(Ordering::Relaxed),
+            c.downlink_bad.load(Ordering::Relaxed),
+            c.downlink_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// The last connection error, in words.
@@ -185,7 +213,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff between `min` and `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, attempt: 0 }
+        Self {
+            min,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The cap of the next delay (before jitter).
@@ -200,7 +232,8 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let ms = cap.as_millis() as u64;
         // Never zero: a tight reconnect loop must still yield.
-        Duration::from_millis(rand::random::<u64>() % (ms.max(1) + 1)).max(Duration::from_millis(10))
+        Duration::from_millis(rand::random::<u64>() % (ms.max(1) + 1))
+            .max(Duration::from_millis(10))
     }
 
     /// After a successful connect.
@@ -224,11 +257,18 @@ fn describe(e: &rumqttc::ConnectionError, cfg: &Config) -> String {
     } else {
         ""
     };
-    format!("connection to {}:{} failed: {text}{hint}", cfg.host, cfg.port)
+    format!(
+        "connection to {}:{} failed: {text}{hint}",
+        cfg.host, cfg.port
+    )
 }
 
 fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::TlsFile { what, path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| Error::TlsFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 pub(super) fn start(
@@ -249,21 +289,39 @@ pub(super) fn start(
         .set_request_channel_capacity(MAX_INFLIGHT as usize * 2)
         .set_last_will(LastWill::new(
             topics.status(),
-            Presence { state: "offline".into(), version: version.clone(), boot: svc.boot_id.clone() }.to_bytes(),
+            Presence {
+                state: "offline".into(),
+                version: version.clone(),
+                boot: svc.boot_id.clone(),
+            }
+            .to_bytes(),
             QoS::AtLeastOnce,
             true,
         ));
     if let Some(user) = &cfg.username {
-        let pass = cfg.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let pass = cfg
+            .password
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_default();
         opts.set_credentials(user.clone(), pass);
     }
     if let Some(tls) = &cfg.tls {
         let ca = read_file("mqtt.tls.ca", &tls.ca)?;
         let client_auth = match (&tls.client_cert, &tls.client_key) {
-            (Some(c), Some(k)) => Some((read_file("mqtt.tls.client_cert", c)?, read_file("mqtt.tls.client_key", k)?)),
+            (Some(c), Some(k)) => Some((
+                read_file("mqtt.tls.client_cert", c)?,
+                read_file("mqtt.tls.client_key", k)?,
+            )),
             _ => None,
         };
-        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+        opts.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            },
+        ));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, MAX_INFLIGHT as usize * 2);
     let mut netopts = eventloop.network_options();
@@ -284,14 +342,22 @@ pub(super) fn start(
         last_error: Mutex::new(None),
         delays: Mutex::new(VecDeque::new()),
     });
-    let handle = Handle { shared: shared.clone(), connected: conn_rx, epoch: epoch_rx };
+    let handle = Handle {
+        shared: shared.clone(),
+        connected: conn_rx,
+        epoch: epoch_rx,
+    };
     let reporter = svc.status.register("mqtt");
     reporter.set_state(SubsystemState::Degraded);
     let task = Task {
         shared,
         cfg: cfg.clone(),
         groups: svc.config.device.groups.clone(),
-        presence: Presence { state: "online".into(), version, boot: svc.boot_id.clone() },
+        presence: Presence {
+            state: "online".into(),
+            version,
+            boot: svc.boot_id.clone(),
+        },
         acks_tx,
         conn_tx,
         epoch_tx,
@@ -299,7 +365,8 @@ pub(super) fn start(
         reporter,
         handle: handle.clone(),
     };
-    svc.tracker.spawn(task.run(eventloop, svc.cancel.child_token()));
+    svc.tracker
+        .spawn(task.run(eventloop, svc.cancel.child_token()));
     Ok((handle, down_rx))
 }
 
@@ -330,13 +397,22 @@ impl Task {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
-                    self.shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .connects
+                        .fetch_add(1, Ordering::Relaxed);
                     let filters = self.shared.topics.downlink_filters(&self.groups);
-                    let subs = filters.into_iter().map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    let subs = filters
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
                     if let Err(e) = self.shared.client.try_subscribe_many(subs) {
                         tracing::warn!(error = %e, "cannot queue downlink subscriptions");
                     }
-                    if let Err(e) = self.handle.publish(&self.shared.topics.status(), self.presence.to_bytes(), true) {
+                    if let Err(e) = self.handle.publish(
+                        &self.shared.topics.status(),
+                        self.presence.to_bytes(),
+                        true,
+                    ) {
                         tracing::warn!(error = %e, "cannot queue online presence");
                     }
                     let _ = self.conn_tx.send(true);
@@ -372,7 +448,10 @@ impl Task {
                     self.epoch_tx.send_modify(|e| *e += 1);
                     let text = describe(&e, &self.cfg);
                     if was_connected {
-                        self.shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .counters
+                            .disconnects
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     *lock(&self.shared.last_error) = Some(text.clone());
                     self.reporter.set_state(SubsystemState::Degraded);
@@ -395,8 +474,13 @@ impl Task {
         }
         // Graceful stop: say goodbye (the Last Will only fires on unexpected loss).
         if *self.conn_tx.borrow() {
-            let offline = Presence { state: "offline".into(), ..self.presence.clone() };
-            let _ = self.handle.publish(&self.shared.topics.status(), offline.to_bytes(), true);
+            let offline = Presence {
+                state: "offline".into(),
+                ..self.presence.clone()
+            };
+            let _ = self
+                .handle
+                .publish(&self.shared.topics.status(), offline.to_bytes(), true);
             let _ = self.shared.client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Ok(ev) = eventloop.poll().await {
@@ -450,14 +534,49 @@ impl Task {
             "recent_reconnect_delays_ms": lock(&self.shared.delays).iter().rev().take(8).collect::<Vec<_>>(),
         }));
         self.reporter.set_metrics(vec![
-            Metric::gauge("fleetlet_mqtt_connected", "1 when the MQTT link is up", if connected { 1.0 } else { 0.0 }),
-            Metric::counter("fleetlet_mqtt_connects_total", "successful MQTT connects", get(&c.connects) as f64),
-            Metric::counter("fleetlet_mqtt_disconnects_total", "MQTT connection losses", get(&c.disconnects) as f64),
-            Metric::counter("fleetlet_mqtt_published_total", "tracked publishes handed to the link", get(&c.published) as f64),
-            Metric::counter("fleetlet_mqtt_acked_total", "tracked publishes acknowledged by the broker", get(&c.acked) as f64),
-            Metric::counter("fleetlet_mqtt_downlink_total", "downlink messages by outcome", get(&c.downlink_ok) as f64).label("outcome", "ok"),
-            Metric::counter("fleetlet_mqtt_downlink_total", "downlink messages by outcome", get(&c.downlink_bad) as f64).label("outcome", "bad"),
-            Metric::counter("fleetlet_mqtt_downlink_total", "downlink messages by outcome", get(&c.downlink_dropped) as f64).label("outcome", "dropped"),
+            Metric::gauge(
+                "fleetlet_mqtt_connected",
+                "1 when the MQTT link is up",
+                if connected { 1.0 } else { 0.0 },
+            ),
+            Metric::counter(
+                "fleetlet_mqtt_connects_total",
+                "successful MQTT connects",
+                get(&c.connects) as f64,
+            ),
+            Metric::counter(
+                "fleetlet_mqtt_disconnects_total",
+                "MQTT connection losses",
+                get(&c.disconnects) as f64,
+            ),
+            Metric::counter(
+                "fleetlet_mqtt_published_total",
+                "tracked publishes handed to the link",
+                get(&c.published) as f64,
+            ),
+            Metric::counter(
+                "fleetlet_mqtt_acked_total",
+                "tracked publishes acknowledged by the broker",
+                get(&c.acked) as f64,
+            ),
+            Metric::counter(
+                "fleetlet_mqtt_downlink_total",
+                "downlink messages by outcome",
+                get(&c.downlink_ok) as f64,
+            )
+            .label("outcome", "ok"),
+            Metric::counter(
+                "fleetlet_mqtt_downlink_total",
+                "downlink messages by outcome",
+                get(&c.downlink_bad) as f64,
+            )
+            .label("outcome", "bad"),
+            Metric::counter(
+                "fleetlet_mqtt_downlink_total",
+                "downlink messages by outcome",
+                get(&c.downlink_dropped) as f64,
+            )
+            .label("outcome", "dropped"),
         ]);
     }
 }
@@ -469,10 +588,19 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_and_jitters() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let caps: Vec<_> = (0..8).map(|_| { let c = b.ceiling(); b.next_delay(); c.as_millis() }).collect();
+        let caps: Vec<_> = (0..8)
+            .map(|_| {
+                let c = b.ceiling();
+                b.next_delay();
+                c.as_millis()
+            })
+            .collect();
         assert_eq!(caps, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
         let delays: std::collections::HashSet<_> = (0..50).map(|_| b.next_delay()).collect();
-        assert!(delays.len() > 10, "full jitter must spread delays: {delays:?}");
+        assert!(
+            delays.len() > 10,
+            "full jitter must spread delays: {delays:?}"
+        );
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));

@@ -127,7 +127,10 @@ impl Config {
             return;
         }
         if self.host.trim().is_empty() {
-            problems.push(Problem::new("mqtt.host", "must not be empty when mqtt.enabled = true"));
+            problems.push(Problem::new(
+                "mqtt.host",
+                "must not be empty when mqtt.enabled = true",
+            ));
         }
         if self.port == 0 {
             problems.push(Problem::new("mqtt.port", "0 is not a valid port"));
@@ -136,44 +139,93 @@ impl Config {
             || self.prefix.contains(['+', '#', '\0'])
             || self.prefix.starts_with('/')
         {
-            problems.push(Problem::new("mqtt.prefix", format!("{:?} must be non-empty, not start with '/', and contain no + # or NUL", self.prefix)));
+            problems.push(Problem::new(
+                "mqtt.prefix",
+                format!(
+                    "{:?} must be non-empty, not start with '/', and contain no + # or NUL",
+                    self.prefix
+                ),
+            ));
         }
         let ka = self.keepalive.as_secs();
         if !(5..=65535).contains(&ka) {
-            problems.push(Problem::new("mqtt.keepalive", format!("{} is out of range (5s..=65535s)", humantime::format_duration(self.keepalive))));
+            problems.push(Problem::new(
+                "mqtt.keepalive",
+                format!(
+                    "{} is out of range (5s..=65535s)",
+                    humantime::format_duration(self.keepalive)
+                ),
+            ));
         }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
-            problems.push(Problem::new("mqtt.reconnect_min", format!("{} must be > 0 and <= mqtt.reconnect_max ({})", humantime::format_duration(self.reconnect_min), humantime::format_duration(self.reconnect_max))));
+            problems.push(Problem::new(
+                "mqtt.reconnect_min",
+                format!(
+                    "{} must be > 0 and <= mqtt.reconnect_max ({})",
+                    humantime::format_duration(self.reconnect_min),
+                    humantime::format_duration(self.reconnect_max)
+                ),
+            ));
         }
         if self.reconnect_max > Duration::from_secs(3600) {
-            problems.push(Problem::new("mqtt.reconnect_max", format!("{} is above 1h", humantime::format_duration(self.reconnect_max))));
+            problems.push(Problem::new(
+                "mqtt.reconnect_max",
+                format!(
+                    "{} is above 1h",
+                    humantime::format_duration(self.reconnect_max)
+                ),
+            ));
         }
         if self.connect_timeout < Duration::from_secs(1) {
             problems.push(Problem::new("mqtt.connect_timeout", "must be at least 1s"));
         }
         if self.downlink_max_bytes < 1024 || self.downlink_max_bytes > 16 << 20 {
-            problems.push(Problem::new("mqtt.downlink_max_bytes", format!("{} is out of range (1024..=16777216)", self.downlink_max_bytes)));
+            problems.push(Problem::new(
+                "mqtt.downlink_max_bytes",
+                format!(
+                    "{} is out of range (1024..=16777216)",
+                    self.downlink_max_bytes
+                ),
+            ));
         }
         if self.password.is_some() && self.username.is_none() {
-            problems.push(Problem::new("mqtt.password", "is set but mqtt.username is not"));
+            problems.push(Problem::new(
+                "mqtt.password",
+                "is set but mqtt.username is not",
+            ));
         }
         if let Some(tls) = &self.tls {
             if tls.ca.as_os_str().is_empty() {
-                problems.push(Problem::new("mqtt.tls.ca", "must name the CA certificate PEM file"));
+                problems.push(Problem::new(
+                    "mqtt.tls.ca",
+                    "must name the CA certificate PEM file",
+                ));
             } else if !tls.ca.is_file() {
-                problems.push(Problem::new("mqtt.tls.ca", format!("{} does not exist or is not a file", tls.ca.display())));
+                problems.push(Problem::new(
+                    "mqtt.tls.ca",
+                    format!("{} does not exist or is not a file", tls.ca.display()),
+                ));
             }
             match (&tls.client_cert, &tls.client_key) {
                 (Some(c), Some(k)) => {
                     for (key, p) in [("mqtt.tls.client_cert", c), ("mqtt.tls.client_key", k)] {
                         if !p.is_file() {
-                            problems.push(Problem::new(key, format!("{} does not exist or is not a file", p.display())));
+                            problems.push(Problem::new(
+                                key,
+                                format!("{} does not exist or is not a file", p.display()),
+                            ));
                         }
                     }
                 }
                 (None, None) => {}
-                (Some(_), None) => problems.push(Problem::new("mqtt.tls.client_key", "missing: mqtt.tls.client_cert needs its key")),
-                (None, Some(_)) => problems.push(Problem::new("mqtt.tls.client_cert", "missing: mqtt.tls.client_key needs its certificate")),
+                (Some(_), None) => problems.push(Problem::new(
+                    "mqtt.tls.client_key",
+                    "missing: mqtt.tls.client_cert needs its key",
+                )),
+                (None, Some(_)) => problems.push(Problem::new(
+                    "mqtt.tls.client_cert",
+                    "missing: mqtt.tls.client_key needs its certificate",
+                )),
             }
         }
     }
@@ -244,7 +296,14 @@ mod tests {
         let mut p = Vec::new();
         c.validate(&mut p);
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
-        for k in ["mqtt.host", "mqtt.prefix", "mqtt.reconnect_min", "mqtt.password", "mqtt.tls.ca", "mqtt.tls.client_key"] {
+        for k in [
+            "mqtt.host",
+            "mqtt.prefix",
+            "mqtt.reconnect_min",
+            "mqtt.password",
+            "mqtt.tls.ca",
+            "mqtt.tls.client_key",
+        ] {
             assert!(keys.contains(&k), "{k} missing in {keys:?}");
         }
     }

@@ -73,7 +73,10 @@ pub enum Error {
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::File { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| Error::File {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Runs until interrupted (or `--count` records were printed), writing to stdout.
@@ -97,20 +100,38 @@ pub async fn run_to(args: TailArgs, out: &mut impl Write) -> Result<(), Error> {
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| Error::Broker(args.broker.clone()))?;
-    let mut opts = MqttOptions::new(format!("fleetlet-tail-{:08x}", rand::random::<u32>()), host, port);
-    opts.set_max_packet_size(64 << 20, 64 << 20).set_keep_alive(Duration::from_secs(30));
+    let mut opts = MqttOptions::new(
+        format!("fleetlet-tail-{:08x}", rand::random::<u32>()),
+        host,
+        port,
+    );
+    opts.set_max_packet_size(64 << 20, 64 << 20)
+        .set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &args.username {
-        opts.set_credentials(user.clone(), std::env::var("MQTT_PASSWORD").unwrap_or_default());
+        opts.set_credentials(
+            user.clone(),
+            std::env::var("MQTT_PASSWORD").unwrap_or_default(),
+        );
     }
     if let Some(ca) = &args.ca {
         let client_auth = match (&args.cert, &args.key) {
             (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
             _ => None,
         };
-        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth }));
+        opts.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: read(ca)?,
+                alpn: None,
+                client_auth,
+            },
+        ));
     }
     let filter = match &args.stream {
-        Some(s) => format!("{}/{}/telemetry/{s}", args.prefix.trim_end_matches('/'), args.device.as_deref().unwrap_or("+")),
+        Some(s) => format!(
+            "{}/{}/telemetry/{s}",
+            args.prefix.trim_end_matches('/'),
+            args.device.as_deref().unwrap_or("+")
+        ),
         None => Topics::telemetry_filter(&args.prefix, args.device.as_deref()),
     };
     let (client, mut el) = AsyncClient::new(opts, 16);
@@ -131,7 +152,9 @@ pub async fn run_to(args: TailArgs, out: &mut impl Write) -> Result<(), Error> {
                         continue;
                     }
                 };
-                let set = seen.entry((batch.device.clone(), batch.stream.clone())).or_default();
+                let set = seen
+                    .entry((batch.device.clone(), batch.stream.clone()))
+                    .or_default();
                 for r in batch.records {
                     if !set.insert(r.seq) {
                         continue;
@@ -142,8 +165,13 @@ pub async fn run_to(args: TailArgs, out: &mut impl Write) -> Result<(), Error> {
                     let line = if args.json {
                         serde_json::json!({"device": batch.device, "boot": batch.boot, "stream": batch.stream, "seq": r.seq, "ts": r.ts, "payload": r.payload}).to_string()
                     } else {
-                        let ts = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.ts));
-                        format!("{} {} #{} {ts} {}", batch.device, batch.stream, r.seq, r.payload)
+                        let ts = humantime::format_rfc3339_millis(
+                            UNIX_EPOCH + Duration::from_millis(r.ts),
+                        );
+                        format!(
+                            "{} {} #{} {ts} {}",
+                            batch.device, batch.stream, r.seq, r.payload
+                        )
                     };
                     writeln!(out, "{line}").map_err(Error::Output)?;
                     printed += 1;

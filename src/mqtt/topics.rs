@@ -65,7 +65,11 @@ impl Topics {
 
     /// `<p>/<device>/telemetry/#` (for `fleetlet tail`); `device = "+"` for all devices.
     pub fn telemetry_filter(prefix: &str, device: Option<&str>) -> String {
-        format!("{}/{}/telemetry/#", prefix.trim_end_matches('/'), device.unwrap_or("+"))
+        format!(
+            "{}/{}/telemetry/#",
+            prefix.trim_end_matches('/'),
+            device.unwrap_or("+")
+        )
     }
 
     /// `<p>/<device>/deployment/desired`
@@ -140,7 +144,10 @@ mod tests {
         assert_eq!(t.group_desired("eu"), "fleet/groups/eu/deployment/desired");
         assert_eq!(t.reported(), "fleet/robot-7/deployment/reported");
         assert_eq!(t.commands_filter(), "fleet/robot-7/cmd/+");
-        assert_eq!(t.command_result("restart"), "fleet/robot-7/cmd/restart/result");
+        assert_eq!(
+            t.command_result("restart"),
+            "fleet/robot-7/cmd/restart/result"
+        );
     }
 
     #[test]
@@ -177,6 +184,9 @@ mod tests {
             Some(("r1", "ros/pose"))
         );
         assert_eq!(Topics::parse_telemetry("fleet", "fleet/r1/status"), None);
-        assert_eq!(Topics::telemetry_filter("fleet", None), "fleet/+/telemetry/#");
+        assert_eq!(
+            Topics::telemetry_filter("fleet", None),
+            "fleet/+/telemetry/#"
+        );
     }
 }

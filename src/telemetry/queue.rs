@@ -68,7 +68,6 @@ pub enum Error {
     },
 }
 
-
 /// Why a record left the queue without being delivered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Drops {
@@ -210,7 +209,9 @@ struct Inner {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("boot", &self.inner.boot).finish()
+        f.debug_struct("Queue")
+            .field("boot", &self.inner.boot)
+            .finish()
     }
 }
 
@@ -310,7 +311,11 @@ impl Queue {
                 .encode();
                 let key = make_key(r.priority, next_key);
                 next_key += 1;
-                added.push((r.priority, r.stream.as_str(), (key.len() + value.len()) as u64));
+                added.push((
+                    r.priority,
+                    r.stream.as_str(),
+                    (key.len() + value.len()) as u64,
+                ));
                 batch.insert(&key[..], value);
             }
             for (stream, next) in &seqs_touched {
@@ -318,7 +323,10 @@ impl Queue {
                 k.extend_from_slice(stream.as_bytes());
                 batch.insert(k, &next.to_be_bytes()[..]);
             }
-            self.inner.tree.apply_batch(batch).map_err(db_err("append"))?;
+            self.inner
+                .tree
+                .apply_batch(batch)
+                .map_err(db_err("append"))?;
             st.next_key = next_key;
             for (stream, next) in seqs_touched {
                 st.seqs.insert(stream.to_owned(), next);
@@ -568,7 +576,11 @@ mod tests {
     }
 
     fn prio() -> impl Strategy<Value = Priority> {
-        prop_oneof![Just(Priority::Critical), Just(Priority::Normal), Just(Priority::Bulk)]
+        prop_oneof![
+            Just(Priority::Critical),
+            Just(Priority::Normal),
+            Just(Priority::Bulk)
+        ]
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -588,12 +600,25 @@ mod tests {
     }
 
     fn record(stream: &str, p: Priority, len: usize) -> Record {
-        Record { stream: stream.into(), priority: p, ts_ms: 1, payload: serde_json::Value::String("x".repeat(len)) }
+        Record {
+            stream: stream.into(),
+            priority: p,
+            ts_ms: 1,
+            payload: serde_json::Value::String("x".repeat(len)),
+        }
     }
 
     fn size(r: &Record, seq: u64, boot: &str) -> u64 {
         let payload = serde_json::to_vec(&r.payload).unwrap();
-        (9 + Stored { stream: &r.stream, seq, ts_ms: r.ts_ms, boot, payload: &payload }.encode().len()) as u64
+        (9 + Stored {
+            stream: &r.stream,
+            seq,
+            ts_ms: r.ts_ms,
+            boot,
+            payload: &payload,
+        }
+        .encode()
+        .len()) as u64
     }
 
     proptest! {
@@ -673,13 +698,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let q = Queue::open(&db, "boot-1", 1 << 20).unwrap();
-        q.append(&[record("a", Priority::Normal, 3), record("a", Priority::Normal, 3)]).unwrap();
+        q.append(&[
+            record("a", Priority::Normal, 3),
+            record("a", Priority::Normal, 3),
+        ])
+        .unwrap();
         q.flush().unwrap();
         drop(q);
         let q = Queue::open(&db, "boot-2", 1 << 20).unwrap();
         q.append(&[record("a", Priority::Normal, 3)]).unwrap();
-        let got: Vec<(String, u64)> = q.entries(Priority::Normal).unwrap().iter().map(|e| { let r = e.decode().unwrap(); (r.boot.to_owned(), r.seq) }).collect();
-        assert_eq!(got, [("boot-1".into(), 0), ("boot-1".into(), 1), ("boot-2".into(), 2)]);
+        let got: Vec<(String, u64)> = q
+            .entries(Priority::Normal)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let r = e.decode().unwrap();
+                (r.boot.to_owned(), r.seq)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("boot-1".into(), 0),
+                ("boot-1".into(), 1),
+                ("boot-2".into(), 2)
+            ]
+        );
     }
 
     #[test]
@@ -687,13 +731,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let q = Queue::open(&db, "b", 1 << 20).unwrap();
-        q.append(&[record("bulk", Priority::Bulk, 1), record("n", Priority::Normal, 1), record("n", Priority::Normal, 1)]).unwrap();
+        q.append(&[
+            record("bulk", Priority::Bulk, 1),
+            record("n", Priority::Normal, 1),
+            record("n", Priority::Normal, 1),
+        ])
+        .unwrap();
         let (p, e) = q.read(&[None; 3], 1, usize::MAX).unwrap().unwrap();
         assert_eq!((p, e.len()), (Priority::Normal, 1));
         let mut cur = [None; 3];
         cur[1] = Some(e[0].counter());
         let (p, e2) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
-        assert_eq!((p, e2.len(), e2[0].decode().unwrap().seq), (Priority::Normal, 1, 1));
+        assert_eq!(
+            (p, e2.len(), e2[0].decode().unwrap().seq),
+            (Priority::Normal, 1, 1)
+        );
         cur[1] = Some(e2[0].counter());
         let (p, _) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
         assert_eq!(p, Priority::Bulk);
@@ -706,7 +758,10 @@ mod tests {
         let q = Queue::open(&db, "b", 1 << 20).unwrap();
         q.append(&[record("a", Priority::Normal, 1)]).unwrap();
         drop(q);
-        db.open_tree(TREE).unwrap().insert(make_key(Priority::Normal, 99), &[0xffu8; 3][..]).unwrap();
+        db.open_tree(TREE)
+            .unwrap()
+            .insert(make_key(Priority::Normal, 99), &[0xffu8; 3][..])
+            .unwrap();
         let q = Queue::open(&db, "b", 1 << 20).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q.drops()["<corrupt>"].corrupt, 1);

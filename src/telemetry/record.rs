@@ -50,7 +50,12 @@ impl<'a> Stored<'a> {
 
 /// Builds one wire batch from stored records of one stream and boot. The payloads are
 /// embedded verbatim (they are JSON already), so building costs one copy.
-pub fn encode_batch<'a>(device: &str, boot: &str, stream: &str, records: impl Iterator<Item = Stored<'a>>) -> Vec<u8> {
+pub fn encode_batch<'a>(
+    device: &str,
+    boot: &str,
+    stream: &str,
+    records: impl Iterator<Item = Stored<'a>>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"device\":");
     push_json_str(&mut out, device);

@@ -24,7 +24,10 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     /// A sampler reporting the disk that holds `data_dir`.
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, last_cpu: None }
+        Self {
+            data_dir,
+            last_cpu: None,
+        }
     }
 
     /// Emits one sample every `interval` until cancelled.
@@ -38,7 +41,10 @@ impl AgentMetrics {
             }
             let last = self.last_cpu;
             let dir = self.data_dir.clone();
-            let Ok((sample, cpu)) = tokio::task::spawn_blocking(move || sample(&dir, last)).await else { return };
+            let Ok((sample, cpu)) = tokio::task::spawn_blocking(move || sample(&dir, last)).await
+            else {
+                return;
+            };
             self.last_cpu = cpu;
             sink.emit(METRICS_STREAM, Priority::Normal, sample);
         }
@@ -46,13 +52,19 @@ impl AgentMetrics {
 }
 
 /// One sample (blocking: reads /proc and /sys).
-pub fn sample(data_dir: &std::path::Path, last_cpu: Option<(u64, u64)>) -> (Value, Option<(u64, u64)>) {
+pub fn sample(
+    data_dir: &std::path::Path,
+    last_cpu: Option<(u64, u64)>,
+) -> (Value, Option<(u64, u64)>) {
     let mut m = Map::new();
     let cpu = read_cpu();
     if let (Some((busy, total)), Some((lb, lt))) = (cpu, last_cpu) {
         let dt = total.saturating_sub(lt);
         if dt > 0 {
-            m.insert("cpu_percent".into(), json!((busy.saturating_sub(lb)) as f64 * 100.0 / dt as f64));
+            m.insert(
+                "cpu_percent".into(),
+                json!((busy.saturating_sub(lb)) as f64 * 100.0 / dt as f64),
+            );
         }
     }
     if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
@@ -69,12 +81,20 @@ pub fn sample(data_dir: &std::path::Path, last_cpu: Option<(u64, u64)>) -> (Valu
         }
     }
     if let Ok(text) = std::fs::read_to_string("/proc/self/statm") {
-        if let Some(rss) = text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(rss) = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             m.insert("agent_rss_bytes".into(), json!(rss * 4096));
         }
     }
     if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
-        let v: Vec<f64> = text.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .take(3)
+            .filter_map(|x| x.parse().ok())
+            .collect();
         if v.len() == 3 {
             m.insert("load".into(), json!(v));
         }
@@ -82,7 +102,10 @@ pub fn sample(data_dir: &std::path::Path, last_cpu: Option<(u64, u64)>) -> (Valu
     if let Ok(st) = nix::sys::statvfs::statvfs(data_dir) {
         let frag = st.fragment_size() as u64;
         m.insert("disk_total_bytes".into(), json!(st.blocks() as u64 * frag));
-        m.insert("disk_available_bytes".into(), json!(st.blocks_available() as u64 * frag));
+        m.insert(
+            "disk_available_bytes".into(),
+            json!(st.blocks_available() as u64 * frag),
+        );
     }
     let temps = read_temps();
     if !temps.is_empty() {
@@ -94,7 +117,10 @@ pub fn sample(data_dir: &std::path::Path, last_cpu: Option<(u64, u64)>) -> (Valu
 fn read_cpu() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     Some((total.saturating_sub(idle), total))
@@ -102,15 +128,24 @@ fn read_cpu() -> Option<(u64, u64)> {
 
 fn read_temps() -> Map<String, Value> {
     let mut out = Map::new();
-    let Ok(dir) = std::fs::read_dir("/sys/class/thermal") else { return out };
+    let Ok(dir) = std::fs::read_dir("/sys/class/thermal") else {
+        return out;
+    };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("thermal_zone") {
             continue;
         }
         let p = e.path();
-        let Some(milli) = std::fs::read_to_string(p.join("temp")).ok().and_then(|t| t.trim().parse::<i64>().ok()) else { continue };
-        let label = std::fs::read_to_string(p.join("type")).map(|t| t.trim().to_owned()).unwrap_or(name);
+        let Some(milli) = std::fs::read_to_string(p.join("temp"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let label = std::fs::read_to_string(p.join("type"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or(name);
         out.insert(label, json!(milli as f64 / 1000.0));
     }
     out
@@ -126,9 +161,18 @@ mod tests {
         let (_, cpu) = sample(dir.path(), None);
         std::thread::sleep(Duration::from_millis(50));
         let (v, _) = sample(dir.path(), cpu);
-        for k in ["mem_total_bytes", "mem_available_bytes", "agent_rss_bytes", "load", "disk_total_bytes", "cpu_percent"] {
+        for k in [
+            "mem_total_bytes",
+            "mem_available_bytes",
+            "agent_rss_bytes",
+            "load",
+            "disk_total_bytes",
+            "cpu_percent",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing in {v}");
         }
-        assert!(v["disk_available_bytes"].as_u64().unwrap() <= v["disk_total_bytes"].as_u64().unwrap());
+        assert!(
+            v["disk_available_bytes"].as_u64().unwrap() <= v["disk_total_bytes"].as_u64().unwrap()
+        );
     }
 }

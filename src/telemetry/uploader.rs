@@ -68,8 +68,20 @@ pub struct Uploader {
 
 impl Uploader {
     /// A new uploader (run it with [`Uploader::run`]).
-    pub fn new(queue: Queue, link: crate::mqtt::Handle, cfg: Config, device: String, stats: Arc<Stats>) -> Self {
-        Self { queue, link, cfg, device, stats }
+    pub fn new(
+        queue: Queue,
+        link: crate::mqtt::Handle,
+        cfg: Config,
+        device: String,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            queue,
+            link,
+            cfg,
+            device,
+            stats,
+        }
     }
 
     /// Runs until cancelled.
@@ -90,7 +102,10 @@ impl Uploader {
             if epoch.has_changed().unwrap_or(false) {
                 epoch.borrow_and_update();
                 if !inflight.is_empty() {
-                    tracing::debug!(batches = inflight.len(), "connection lost; unacknowledged batches will be sent again");
+                    tracing::debug!(
+                        batches = inflight.len(),
+                        "connection lost; unacknowledged batches will be sent again"
+                    );
                 }
                 inflight.clear();
                 cursors = [None; 3];
@@ -138,7 +153,11 @@ impl Uploader {
             // Linger: wait for a fuller batch while the oldest record is young.
             let size: usize = entries.iter().map(|e| e.value.len()).sum();
             if entries.len() < n && size < bytes && !self.cfg.batch_linger.is_zero() {
-                let oldest = entries.first().and_then(|e| e.decode().ok()).map(|r| r.ts_ms).unwrap_or(0);
+                let oldest = entries
+                    .first()
+                    .and_then(|e| e.decode().ok())
+                    .map(|r| r.ts_ms)
+                    .unwrap_or(0);
                 let age = Duration::from_millis(now_ms().saturating_sub(oldest));
                 if age < self.cfg.batch_linger {
                     tokio::select! {
@@ -163,7 +182,12 @@ impl Uploader {
     /// Handles one acknowledgement plus any others already waiting, then removes their
     /// records and makes the removal durable with one flush, so a crash right after can
     /// only resend what was in flight.
-    async fn on_ack(&self, ev: LinkEvent, acks: &mut tokio::sync::mpsc::Receiver<LinkEvent>, inflight: &mut HashMap<u64, InFlight>) {
+    async fn on_ack(
+        &self,
+        ev: LinkEvent,
+        acks: &mut tokio::sync::mpsc::Receiver<LinkEvent>,
+        inflight: &mut HashMap<u64, InFlight>,
+    ) {
         let mut keys = Vec::new();
         let mut messages = 0u64;
         let mut next = Some(ev);
@@ -187,9 +211,13 @@ impl Uploader {
         {
             Ok(Ok(())) => {
                 self.stats.acked_records.fetch_add(n, Ordering::Relaxed);
-                self.stats.acked_messages.fetch_add(messages, Ordering::Relaxed);
+                self.stats
+                    .acked_messages
+                    .fetch_add(messages, Ordering::Relaxed);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot remove acknowledged records; they will be sent again"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot remove acknowledged records; they will be sent again")
+            }
             Err(e) => tracing::error!(error = %e, "remove task failed"),
         }
     }
@@ -197,7 +225,13 @@ impl Uploader {
     /// Groups a chunk into messages (one stream and boot each, queue order kept), drops
     /// expired and damaged records, and hands the messages to the link. False when the link
     /// is gone or we are cancelled.
-    async fn send_chunk(&self, _prio: Priority, entries: Vec<Entry>, inflight: &mut HashMap<u64, InFlight>, cancel: &CancellationToken) -> bool {
+    async fn send_chunk(
+        &self,
+        _prio: Priority,
+        entries: Vec<Entry>,
+        inflight: &mut HashMap<u64, InFlight>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let now = now_ms();
         let mut expired = Vec::new();
         let mut corrupt = Vec::new();
@@ -217,7 +251,10 @@ impl Uploader {
                     continue;
                 }
             }
-            match groups.iter_mut().find(|((s, b), _)| s == r.stream && b == r.boot) {
+            match groups
+                .iter_mut()
+                .find(|((s, b), _)| s == r.stream && b == r.boot)
+            {
                 Some((_, v)) => v.push(i),
                 None => groups.push(((r.stream.to_owned(), r.boot.to_owned()), vec![i])),
             }
@@ -247,9 +284,16 @@ impl Uploader {
                     Err(PublishError::Closed) => return false,
                 }
             };
-            self.stats.sent_records.fetch_add(idx.len() as u64, Ordering::Relaxed);
+            self.stats
+                .sent_records
+                .fetch_add(idx.len() as u64, Ordering::Relaxed);
             self.stats.sent_messages.fetch_add(1, Ordering::Relaxed);
-            inflight.insert(token, InFlight { keys: idx.iter().map(|i| entries[*i].key.clone()).collect() });
+            inflight.insert(
+                token,
+                InFlight {
+                    keys: idx.iter().map(|i| entries[*i].key.clone()).collect(),
+                },
+            );
         }
         true
     }

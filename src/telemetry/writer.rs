@@ -133,46 +133,92 @@ impl Config {
     pub fn validate(&self, problems: &mut Vec<Problem>) {
         let mut p = |k: &str, m: String| problems.push(Problem::new(format!("telemetry.{k}"), m));
         if self.budget_bytes < 64 * 1024 {
-            p("budget_bytes", format!("{} is below the minimum of 65536", self.budget_bytes));
+            p(
+                "budget_bytes",
+                format!("{} is below the minimum of 65536", self.budget_bytes),
+            );
         }
         if let FlushPolicy::Every(d) = self.flush {
             if d.is_zero() || d > Duration::from_secs(60) {
-                p("flush", format!("{} is out of range (1ms..=60s); use \"batch\" to flush every batch", humantime::format_duration(d)));
+                p(
+                    "flush",
+                    format!(
+                        "{} is out of range (1ms..=60s); use \"batch\" to flush every batch",
+                        humantime::format_duration(d)
+                    ),
+                );
             }
         }
         if !(1..=100_000).contains(&self.write_batch_max) {
-            p("write_batch_max", format!("{} is out of range (1..=100000)", self.write_batch_max));
+            p(
+                "write_batch_max",
+                format!("{} is out of range (1..=100000)", self.write_batch_max),
+            );
         }
         if !(1..=100_000).contains(&self.batch_records) {
-            p("batch_records", format!("{} is out of range (1..=100000)", self.batch_records));
+            p(
+                "batch_records",
+                format!("{} is out of range (1..=100000)", self.batch_records),
+            );
         }
         if !(1024..=(8 << 20)).contains(&self.batch_bytes) {
-            p("batch_bytes", format!("{} is out of range (1024..=8388608)", self.batch_bytes));
+            p(
+                "batch_bytes",
+                format!("{} is out of range (1024..=8388608)", self.batch_bytes),
+            );
         }
         if self.batch_linger > Duration::from_secs(60) {
-            p("batch_linger", format!("{} is above 60s", humantime::format_duration(self.batch_linger)));
+            p(
+                "batch_linger",
+                format!(
+                    "{} is above 60s",
+                    humantime::format_duration(self.batch_linger)
+                ),
+            );
         }
         if self.inflight == 0 || self.inflight >= crate::mqtt::link::MAX_INFLIGHT {
-            p("inflight", format!("{} is out of range (1..={})", self.inflight, crate::mqtt::link::MAX_INFLIGHT - 1));
+            p(
+                "inflight",
+                format!(
+                    "{} is out of range (1..={})",
+                    self.inflight,
+                    crate::mqtt::link::MAX_INFLIGHT - 1
+                ),
+            );
         }
         if !self.metrics_interval.is_zero() && self.metrics_interval < Duration::from_millis(100) {
-            p("metrics_interval", "must be 0s (off) or at least 100ms".into());
+            p(
+                "metrics_interval",
+                "must be 0s (off) or at least 100ms".into(),
+            );
         }
         if self.drop_report_interval < Duration::from_millis(100) {
             p("drop_report_interval", "must be at least 100ms".into());
         }
         for (name, s) in &self.streams {
-            if !crate::mqtt::topics::is_valid_segment(name.split('/').next().unwrap_or("")) || name.contains(['+', '#', '\0']) || name.ends_with('/') {
-                p(&format!("streams.{name}"), format!("stream name {name:?} is not a valid topic suffix"));
+            if !crate::mqtt::topics::is_valid_segment(name.split('/').next().unwrap_or(""))
+                || name.contains(['+', '#', '\0'])
+                || name.ends_with('/')
+            {
+                p(
+                    &format!("streams.{name}"),
+                    format!("stream name {name:?} is not a valid topic suffix"),
+                );
             }
             if s.max_age.is_some_and(|d| d.is_zero()) {
-                p(&format!("streams.{name}.max_age"), "must be positive".into());
+                p(
+                    &format!("streams.{name}.max_age"),
+                    "must be positive".into(),
+                );
             }
         }
     }
 
     fn priority_of(&self, r: &Record) -> Priority {
-        self.streams.get(&r.stream).and_then(|s| s.priority).unwrap_or(r.priority)
+        self.streams
+            .get(&r.stream)
+            .and_then(|s| s.priority)
+            .unwrap_or(r.priority)
     }
 }
 
@@ -211,7 +257,11 @@ pub struct Handle {
 ///
 /// # Errors
 /// [`Error::Queue`] when the sled tree cannot be opened or scanned.
-pub async fn start(svc: &crate::runtime::Services, cfg: &Config, inputs: Inputs) -> Result<Handle, Error> {
+pub async fn start(
+    svc: &crate::runtime::Services,
+    cfg: &Config,
+    inputs: Inputs,
+) -> Result<Handle, Error> {
     let reporter = svc.status.register("telemetry");
     let (db, boot, budget) = (svc.db.clone(), svc.boot_id.clone(), cfg.budget_bytes);
     let queue = tokio::task::spawn_blocking(move || Queue::open(&db, &boot, budget)).await??;
@@ -220,14 +270,30 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config, inputs: Inputs)
         // The runtime also emits `db_quarantined`; the status keeps it visible.
         tracing::error!(moved_to = %q.moved_to.display(), "telemetry queue starts empty: the old database was quarantined");
     }
-    svc.tracker.spawn(write_loop(queue.clone(), cfg.clone(), inputs.intake, svc.telemetry.clone(), svc.cancel.child_token()));
+    svc.tracker.spawn(write_loop(
+        queue.clone(),
+        cfg.clone(),
+        inputs.intake,
+        svc.telemetry.clone(),
+        svc.cancel.child_token(),
+    ));
     if let Some(link) = inputs.link.clone() {
-        let up = Uploader::new(queue.clone(), link, cfg.clone(), svc.config.device.id.clone(), upload.clone());
+        let up = Uploader::new(
+            queue.clone(),
+            link,
+            cfg.clone(),
+            svc.config.device.id.clone(),
+            upload.clone(),
+        );
         svc.tracker.spawn(up.run(svc.cancel.child_token()));
     }
     if !cfg.metrics_interval.is_zero() {
         let src = super::source::AgentMetrics::new(svc.data.root().to_owned());
-        svc.tracker.spawn(src.run(svc.telemetry.clone(), cfg.metrics_interval, svc.cancel.child_token()));
+        svc.tracker.spawn(src.run(
+            svc.telemetry.clone(),
+            cfg.metrics_interval,
+            svc.cancel.child_token(),
+        ));
     }
     svc.tracker.spawn(report_loop(
         queue.clone(),
@@ -254,7 +320,13 @@ async fn append(queue: &Queue, batch: Vec<Record>, flush: bool) -> Result<u64, S
     .map_err(|e| e.to_string())
 }
 
-async fn write_loop(queue: Queue, cfg: Config, mut rx: mpsc::Receiver<Record>, sink: Sink, cancel: CancellationToken) {
+async fn write_loop(
+    queue: Queue,
+    cfg: Config,
+    mut rx: mpsc::Receiver<Record>,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
     let every_batch = cfg.flush == FlushPolicy::EveryBatch;
     let mut flush_tick = tokio::time::interval(match cfg.flush {
         FlushPolicy::Every(d) => d,
@@ -318,7 +390,12 @@ async fn write_loop(queue: Queue, cfg: Config, mut rx: mpsc::Receiver<Record>, s
 }
 
 /// Builds a `drops` record with the counts since the last report, if anything was dropped.
-fn drop_report(queue: &Queue, sink: &Sink, reported: &mut BTreeMap<String, queue::Drops>, reported_intake: &mut u64) -> Option<Record> {
+fn drop_report(
+    queue: &Queue,
+    sink: &Sink,
+    reported: &mut BTreeMap<String, queue::Drops>,
+    reported_intake: &mut u64,
+) -> Option<Record> {
     let now = queue.drops();
     let intake = sink.intake_dropped();
     let mut streams = serde_json::Map::new();
@@ -369,14 +446,22 @@ async fn report_loop(
             _ = tick.tick() => {}
         }
         let q = queue.clone();
-        let Ok((stats, oldest, on_disk)) = tokio::task::spawn_blocking(move || (q.stats(), q.oldest_ts_ms().ok().flatten(), q.size_on_disk())).await else { continue };
+        let Ok((stats, oldest, on_disk)) = tokio::task::spawn_blocking(move || {
+            (q.stats(), q.oldest_ts_ms().ok().flatten(), q.size_on_disk())
+        })
+        .await
+        else {
+            continue;
+        };
         let acked = upload.acked_records();
         let dt = last.0.elapsed().as_secs_f64();
         if dt > 0.0 {
             rate = (acked - last.1.min(acked)) as f64 / dt;
         }
         last = (Instant::now(), acked);
-        let oldest_age_s = oldest.map(|ts| now_ms().saturating_sub(ts) as f64 / 1000.0).unwrap_or(0.0);
+        let oldest_age_s = oldest
+            .map(|ts| now_ms().saturating_sub(ts) as f64 / 1000.0)
+            .unwrap_or(0.0);
         let connected = link.as_ref().map(|l| *l.connected().borrow());
         let state = match (&quarantine, connected) {
             (Some(_), _) | (_, Some(false)) => SubsystemState::Degraded,
@@ -387,21 +472,69 @@ async fn report_loop(
         let mut metrics = Vec::new();
         for (p, s, l) in &stats.lanes {
             *by_prio.entry(prio_name(*p)).or_default() += l.records;
-            metrics.push(Metric::gauge("fleetlet_telemetry_queue_records", "records waiting for upload", l.records as f64).label("stream", s.clone()).label("priority", prio_name(*p)));
+            metrics.push(
+                Metric::gauge(
+                    "fleetlet_telemetry_queue_records",
+                    "records waiting for upload",
+                    l.records as f64,
+                )
+                .label("stream", s.clone())
+                .label("priority", prio_name(*p)),
+            );
         }
         for (s, d) in &stats.drops {
-            for (reason, n) in [("evicted", d.evicted), ("expired", d.expired), ("corrupt", d.corrupt)] {
-                metrics.push(Metric::counter("fleetlet_telemetry_dropped_total", "records dropped before upload", n as f64).label("stream", s.clone()).label("reason", reason));
+            for (reason, n) in [
+                ("evicted", d.evicted),
+                ("expired", d.expired),
+                ("corrupt", d.corrupt),
+            ] {
+                metrics.push(
+                    Metric::counter(
+                        "fleetlet_telemetry_dropped_total",
+                        "records dropped before upload",
+                        n as f64,
+                    )
+                    .label("stream", s.clone())
+                    .label("reason", reason),
+                );
             }
         }
         metrics.extend([
-            Metric::gauge("fleetlet_telemetry_queue_bytes", "record bytes in the queue", stats.bytes as f64),
-            Metric::gauge("fleetlet_telemetry_budget_bytes", "disk budget of the queue", stats.budget as f64),
-            Metric::gauge("fleetlet_telemetry_db_size_bytes", "sled size on disk", on_disk as f64),
-            Metric::gauge("fleetlet_telemetry_oldest_unsent_seconds", "age of the oldest record not yet acknowledged", oldest_age_s),
-            Metric::counter("fleetlet_telemetry_acked_records_total", "records acknowledged by the broker", acked as f64),
-            Metric::gauge("fleetlet_telemetry_publish_rate", "records acknowledged per second (last second)", rate),
-            Metric::gauge("fleetlet_telemetry_db_quarantined", "1 when the database was quarantined at startup", if quarantine.is_some() { 1.0 } else { 0.0 }),
+            Metric::gauge(
+                "fleetlet_telemetry_queue_bytes",
+                "record bytes in the queue",
+                stats.bytes as f64,
+            ),
+            Metric::gauge(
+                "fleetlet_telemetry_budget_bytes",
+                "disk budget of the queue",
+                stats.budget as f64,
+            ),
+            Metric::gauge(
+                "fleetlet_telemetry_db_size_bytes",
+                "sled size on disk",
+                on_disk as f64,
+            ),
+            Metric::gauge(
+                "fleetlet_telemetry_oldest_unsent_seconds",
+                "age of the oldest record not yet acknowledged",
+                oldest_age_s,
+            ),
+            Metric::counter(
+                "fleetlet_telemetry_acked_records_total",
+                "records acknowledged by the broker",
+                acked as f64,
+            ),
+            Metric::gauge(
+                "fleetlet_telemetry_publish_rate",
+                "records acknowledged per second (last second)",
+                rate,
+            ),
+            Metric::gauge(
+                "fleetlet_telemetry_db_quarantined",
+                "1 when the database was quarantined at startup",
+                if quarantine.is_some() { 1.0 } else { 0.0 },
+            ),
         ]);
         reporter.set_metrics(metrics);
         reporter.set_detail(json!({
@@ -438,21 +571,40 @@ mod tests {
     fn flush_policy_parses_batch_and_durations() {
         let c: Config = toml::from_str("flush = \"batch\"").unwrap();
         assert_eq!(c.flush, FlushPolicy::EveryBatch);
-        let c: Config = toml::from_str("flush = \"250ms\"\n[streams.\"ros/pose\"]\npriority = \"bulk\"\nmax_age = \"1h\"").unwrap();
+        let c: Config = toml::from_str(
+            "flush = \"250ms\"\n[streams.\"ros/pose\"]\npriority = \"bulk\"\nmax_age = \"1h\"",
+        )
+        .unwrap();
         assert_eq!(c.flush, FlushPolicy::Every(Duration::from_millis(250)));
-        assert_eq!(c.streams["ros/pose"].max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            c.streams["ros/pose"].max_age,
+            Some(Duration::from_secs(3600))
+        );
         let e = toml::from_str::<Config>("flush = \"sometimes\"").unwrap_err();
         assert!(e.to_string().contains("sometimes"), "{e}");
     }
 
     #[test]
     fn validate_names_each_bad_key() {
-        let mut c = Config { budget_bytes: 10, inflight: 0, batch_records: 0, ..Config::default() };
+        let mut c = Config {
+            budget_bytes: 10,
+            inflight: 0,
+            batch_records: 0,
+            ..Config::default()
+        };
         c.streams.insert("a/#".into(), StreamConfig::default());
         let mut p = Vec::new();
         c.validate(&mut p);
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["telemetry.budget_bytes", "telemetry.batch_records", "telemetry.inflight", "telemetry.streams.a/#"]);
+        assert_eq!(
+            keys,
+            [
+                "telemetry.budget_bytes",
+                "telemetry.batch_records",
+                "telemetry.inflight",
+                "telemetry.streams.a/#"
+            ]
+        );
         let mut p = Vec::new();
         Config::default().validate(&mut p);
         assert!(p.is_empty(), "{p:?}");

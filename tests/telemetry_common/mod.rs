@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use fleetlet::telemetry::record::Batch;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -42,7 +46,11 @@ impl Broker {
         let conf = bdir.join("mosquitto.conf");
         // Run as ourselves: as root, mosquitto would switch to user `mosquitto`, which cannot
         // read the test's private temp dir (keys, persistence).
-        let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
+        let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "root".into());
         std::fs::write(
             &conf,
             format!(
@@ -51,21 +59,37 @@ impl Broker {
             ),
         )
         .unwrap();
-        Self { port, dir: bdir, conf, child: None }
+        Self {
+            port,
+            dir: bdir,
+            conf,
+            child: None,
+        }
     }
 
     pub fn start(&mut self) {
         assert!(self.child.is_none());
-        let child = Command::new("mosquitto").arg("-c").arg(&self.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto must be installed (apt mosquitto)");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt mosquitto)");
         self.child = Some(child);
         let port = self.port;
-        wait_until(Duration::from_secs(10), "mosquitto to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// SIGTERM (mosquitto saves its persistence file) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -93,10 +117,18 @@ pub struct Received {
 
 impl Received {
     pub fn unique(&self, stream: &str) -> usize {
-        self.records.iter().filter(|((_, s), _)| s == stream).map(|(_, r)| r.len()).sum()
+        self.records
+            .iter()
+            .filter(|((_, s), _)| s == stream)
+            .map(|(_, r)| r.len())
+            .sum()
     }
     pub fn total(&self, stream: &str) -> usize {
-        self.seqs.iter().filter(|((_, s), _)| s == stream).map(|(_, r)| r.len()).sum()
+        self.seqs
+            .iter()
+            .filter(|((_, s), _)| s == stream)
+            .map(|(_, r)| r.len())
+            .sum()
     }
     /// Newly seen seqs of each stream arrive in increasing order and are exactly 0..n.
     pub fn assert_complete_and_ordered(&self, stream: &str, n: u64) {
@@ -116,8 +148,16 @@ impl Received {
             }
         }
         let missing: Vec<u64> = (0..n).filter(|q| !seen.contains(q)).take(10).collect();
-        assert!(missing.is_empty(), "stream {stream}: missing seqs (first 10) {missing:?} of {n}; got {}", seen.len());
-        assert_eq!(seen.len() as u64, n, "stream {stream}: unexpected extra seqs");
+        assert!(
+            missing.is_empty(),
+            "stream {stream}: missing seqs (first 10) {missing:?} of {n}; got {}",
+            seen.len()
+        );
+        assert_eq!(
+            seen.len() as u64,
+            n,
+            "stream {stream}: unexpected extra seqs"
+        );
     }
 }
 
@@ -136,10 +176,19 @@ impl Collector {
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let mut o = rumqttc::MqttOptions::new(format!("collector-{}", rand::random::<u32>()), "127.0.0.1", port);
-                o.set_clean_session(false).set_max_packet_size(64 << 20, 64 << 20).set_keep_alive(Duration::from_secs(5));
+                let mut o = rumqttc::MqttOptions::new(
+                    format!("collector-{}", rand::random::<u32>()),
+                    "127.0.0.1",
+                    port,
+                );
+                o.set_clean_session(false)
+                    .set_max_packet_size(64 << 20, 64 << 20)
+                    .set_keep_alive(Duration::from_secs(5));
                 let (c, mut el) = rumqttc::AsyncClient::new(o, 100);
                 let mut ready = Some(ready_tx);
                 while !s.load(std::sync::atomic::Ordering::Relaxed) {
@@ -147,7 +196,9 @@ impl Collector {
                         Err(_) => {}
                         Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
                             for f in &filters {
-                                c.subscribe(f.clone(), rumqttc::QoS::AtLeastOnce).await.unwrap();
+                                c.subscribe(f.clone(), rumqttc::QoS::AtLeastOnce)
+                                    .await
+                                    .unwrap();
                             }
                         }
                         Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => {
@@ -164,7 +215,10 @@ impl Collector {
                                         let k = (b.device.clone(), b.stream.clone());
                                         for r in b.records {
                                             g.seqs.entry(k.clone()).or_default().push(r.seq);
-                                            g.records.entry(k.clone()).or_default().insert(r.seq, r.payload);
+                                            g.records
+                                                .entry(k.clone())
+                                                .or_default()
+                                                .insert(r.seq, r.payload);
                                         }
                                     }
                                     Err(_) => g.undecodable += 1,
@@ -179,8 +233,14 @@ impl Collector {
                 }
             });
         });
-        ready_rx.recv_timeout(Duration::from_secs(10)).expect("collector subscribed");
-        Self { got, stop, thread: Some(thread) }
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("collector subscribed");
+        Self {
+            got,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
@@ -218,7 +278,13 @@ pub fn mqtt_config(port: u16) -> fleetlet::mqtt::Config {
 }
 
 impl Harness {
-    pub async fn start(dir: &Path, device: &str, tcfg: fleetlet::telemetry::Config, mcfg: Option<fleetlet::mqtt::Config>, intake: usize) -> Self {
+    pub async fn start(
+        dir: &Path,
+        device: &str,
+        tcfg: fleetlet::telemetry::Config,
+        mcfg: Option<fleetlet::mqtt::Config>,
+        intake: usize,
+    ) -> Self {
         let mut config = fleetlet::config::Config::default();
         config.device.id = device.into();
         config.device.groups = vec!["eu".into()];
@@ -245,14 +311,32 @@ impl Harness {
             }
             None => (None, None),
         };
-        let telemetry = fleetlet::telemetry::start(&svc, &tcfg, fleetlet::telemetry::Inputs { intake: rx, link: link.clone(), quarantine }).await.unwrap();
-        Self { svc, sink, telemetry, link, downlink }
+        let telemetry = fleetlet::telemetry::start(
+            &svc,
+            &tcfg,
+            fleetlet::telemetry::Inputs {
+                intake: rx,
+                link: link.clone(),
+                quarantine,
+            },
+        )
+        .await
+        .unwrap();
+        Self {
+            svc,
+            sink,
+            telemetry,
+            link,
+            downlink,
+        }
     }
 
     pub async fn stop(self) {
         self.svc.cancel.cancel();
         self.svc.tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), self.svc.tracker.wait()).await.expect("tasks stop");
+        tokio::time::timeout(Duration::from_secs(10), self.svc.tracker.wait())
+            .await
+            .expect("tasks stop");
     }
 }
 
