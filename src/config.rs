@@ -229,10 +229,16 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[supervisor]`
     pub supervisor: crate::supervisor::Config,
+    // ---- telemetry ----
+    /// `[telemetry]` (durable queue and uploader)
+    pub telemetry: crate::telemetry::Config,
+    /// `[mqtt]` (link to the fleet broker)
+    pub mqtt: crate::mqtt::Config,
+    // ---- end telemetry ----
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor"];
+const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -336,6 +342,10 @@ impl Config {
         if !self.api.listen.ip().is_loopback() {
             problems.push(Problem::new("api.listen", format!("{} is not a loopback address; the local API must never be exposed on the network", self.api.listen)));
         }
+        // ---- telemetry ----
+        self.telemetry.validate(problems);
+        self.mqtt.validate(problems);
+        // ---- end telemetry ----
     }
 
     /// The effective configuration as TOML with secrets (keys named like password, secret,
@@ -488,6 +498,10 @@ impl Layered {
             agent: self.section("agent"),
             api: self.section("api"),
             supervisor: self.section("supervisor"),
+            // ---- telemetry ----
+            telemetry: self.section("telemetry"),
+            mqtt: self.section("mqtt"),
+            // ---- end telemetry ----
         };
         let mut config = config;
         // A workload path is relative to the file that names it (manifests ship beside configs).

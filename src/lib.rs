@@ -10,6 +10,7 @@ pub mod control;
 pub mod datadir;
 pub mod liveness;
 pub mod logging;
+pub mod mqtt;
 pub mod runtime;
 pub mod status;
 pub mod supervisor;
