@@ -22,9 +22,7 @@ use cortex_m::interrupt::InterruptNumber;
 use cortex_m::peripheral::{syst::SystClkSource, NVIC};
 use cortex_m_rt::{entry, exception};
 use critical_section::Mutex;
-use fleetlet_proto::{
-    self as proto, Board, HostMsg, McuMsg, RigCmd, RigEvent, Version, MAX_FRAME,
-};
+use fleetlet_proto::{self as proto, Board, HostMsg, McuMsg, RigCmd, RigEvent, Version, MAX_FRAME};
 use fleetlet_safety_core::{Config, SafetyCore};
 use panic_halt as _;
 
@@ -61,8 +59,14 @@ struct Uart {
     irq: Irq,
 }
 
-const UART0: Uart = Uart { base: 0x4000_C000, irq: Irq::Uart0 };
-const UART1: Uart = Uart { base: 0x4000_D000, irq: Irq::Uart1 };
+const UART0: Uart = Uart {
+    base: 0x4000_C000,
+    irq: Irq::Uart0,
+};
+const UART1: Uart = Uart {
+    base: 0x4000_D000,
+    irq: Irq::Uart1,
+};
 
 const DR: usize = 0x000;
 const FR: usize = 0x018;
@@ -139,7 +143,11 @@ struct Ring {
 
 impl Ring {
     const fn new() -> Self {
-        Self { buf: [0; 512], head: 0, len: 0 }
+        Self {
+            buf: [0; 512],
+            head: 0,
+            len: 0,
+        }
     }
     fn push(&mut self, b: u8) {
         if self.len < self.buf.len() {
@@ -233,8 +241,14 @@ fn main() -> ! {
         NVIC::unmask(UART1.irq);
     }
 
-    let mut link = Tx { uart: UART0, seq: 0 };
-    let mut rig = Tx { uart: UART1, seq: 0 };
+    let mut link = Tx {
+        uart: UART0,
+        seq: 0,
+    };
+    let mut rig = Tx {
+        uart: UART1,
+        seq: 0,
+    };
     let mut host_rx = proto::Decoder::<HostMsg>::new();
     let mut rig_rx = proto::Decoder::<RigCmd>::new();
     let mut last_status = core.status();
