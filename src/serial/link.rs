@@ -344,8 +344,8 @@ impl Link {
                 r = rd.read(&mut buf) => {
                     let n = self.read_result(r)?;
                     last_rx = Instant::now();
-                    for i in 0..n {
-                        match decoder.push(buf[i]) {
+                    for b in &buf[..n] {
+                        match decoder.push(*b) {
                             Some(Ok(f)) => self.on_frame(f.msg, &mut pending),
                             Some(Err(e)) => {
                                 self.state.rx_errors += 1;

@@ -251,6 +251,9 @@ pub enum RigCmd {
     SetBatteryMv(u16),
     /// Ask for a [`RigEvent::Pins`] now.
     GetPins,
+    /// Send this many bytes of line noise (pseudo-random, zeros included) on the agent
+    /// link, as a bad cable would.
+    InjectNoise(u16),
 }
 
 /// MCU → rig, on the QEMU build's second UART only: the simulated pins.

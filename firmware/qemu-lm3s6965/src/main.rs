@@ -254,6 +254,7 @@ fn main() -> ! {
     let mut last_status = core.status();
     let mut last_status_at = 0u32;
     let mut last_motor = false;
+    let mut noise: u32 = 0x2545_F491;
     rig.send(&pins(&core, 0));
 
     loop {
@@ -281,6 +282,15 @@ fn main() -> ! {
                     }
                     RigCmd::SetBatteryMv(mv) => core.set_battery_mv(mv),
                     RigCmd::GetPins => rig.send(&pins(&core, now)),
+                    RigCmd::InjectNoise(n) => {
+                        for _ in 0..n {
+                            // xorshift32: cheap, deterministic noise with zeros in it.
+                            noise ^= noise << 13;
+                            noise ^= noise >> 17;
+                            noise ^= noise << 5;
+                            UART0.write(&[(noise >> 24) as u8]);
+                        }
+                    }
                 }
             }
         }
