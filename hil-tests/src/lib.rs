@@ -274,14 +274,26 @@ impl Rig {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {qemu}"))?;
+        // QEMU prints "char device redirected to /dev/pts/N" per UART (stderr on 7.x,
+        // stdout on some builds): read both.
+        let (line_tx, line_rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().context("qemu stdout")?;
+        let err = child.stderr.take().context("qemu stderr")?;
+        for stream in [Box::new(out) as Box<dyn Read + Send>, Box::new(err)] {
+            let tx = line_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    let _ = tx.send(line);
+                }
+            });
+        }
         let mut ptys = Vec::new();
-        let mut lines = BufReader::new(child.stderr.take().context("qemu stderr")?);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while ptys.len() < 2 && Instant::now() < deadline {
-            let mut line = String::new();
-            if lines.read_line(&mut line)? == 0 {
+        while ptys.len() < 2 {
+            let Ok(line) = line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
                 break;
-            }
+            };
             if let Some(i) = line.find("/dev/pts/") {
                 let p: String = line[i..]
                     .chars()
@@ -290,15 +302,11 @@ impl Rig {
                 ptys.push(PathBuf::from(p));
             }
         }
-        // QEMU 7 prints the redirect lines on stderr; newer ones may use stdout.
         if ptys.len() < 2 {
             let _ = child.kill();
-            bail!("qemu did not report two ptys (got {ptys:?})");
+            let _ = child.wait();
+            bail!("qemu did not report two ptys within 10 s (got {ptys:?})");
         }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = lines.read_to_end(&mut sink);
-        });
         let link = self.agent_port();
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&ptys[0], &link)?;
