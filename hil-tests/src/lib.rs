@@ -291,7 +291,8 @@ impl Rig {
         let mut ptys = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while ptys.len() < 2 {
-            let Ok(line) = line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            let Ok(line) = line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
                 break;
             };
             if let Some(i) = line.find("/dev/pts/") {
@@ -549,7 +550,12 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value> {
-        if let Some(r) = self.seen.iter().filter_map(|l| l.record.as_ref()).find(|r| pred(r)) {
+        if let Some(r) = self
+            .seen
+            .iter()
+            .filter_map(|l| l.record.as_ref())
+            .find(|r| pred(r))
+        {
             return Ok(r.clone());
         }
         let deadline = Instant::now() + timeout;
@@ -627,7 +633,11 @@ impl Agent {
                     let (ok, err) = (l.ok, l.error.clone());
                     self.seen.push(l);
                     if done {
-                        return Ok(if ok == Some(true) { None } else { Some(err.unwrap_or_default()) });
+                        return Ok(if ok == Some(true) {
+                            None
+                        } else {
+                            Some(err.unwrap_or_default())
+                        });
                     }
                 }
                 Err(_) => bail!("agent: no reply to the command within {timeout:?}"),

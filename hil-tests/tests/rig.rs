@@ -51,7 +51,16 @@ struct Proc(Child);
 
 impl Proc {
     fn sleep() -> Self {
-        Self(Command::new("sleep").arg("600").spawn().expect("spawn sleep"))
+        use std::os::unix::process::CommandExt;
+        // Its own process group, like a supervised process: a stopped process in a group
+        // that becomes orphaned would get SIGHUP + SIGCONT from the kernel.
+        Self(
+            Command::new("sleep")
+                .arg("600")
+                .process_group(0)
+                .spawn()
+                .expect("spawn sleep"),
+        )
     }
     fn pid(&self) -> u32 {
         self.0.id()
@@ -69,7 +78,10 @@ fn skip_unless_emulated(rig: &Rig, what: &str) -> bool {
     if rig.is_emulated() {
         return false;
     }
-    eprintln!("skipped on rig {}: {what} needs an emulated rig", rig.file.name);
+    eprintln!(
+        "skipped on rig {}: {what} needs an emulated rig",
+        rig.file.name
+    );
     true
 }
 
@@ -88,10 +100,16 @@ fn handshake_reports_protocol_and_firmware_versions() {
     let p = &ev["payload"];
     assert_eq!(p["protocol"], PROTOCOL_VERSION);
     assert_eq!(p["agent_protocol"], PROTOCOL_VERSION);
-    assert_eq!(p["heartbeat_timeout_ms"], rig.file.timing.heartbeat_timeout_ms);
+    assert_eq!(
+        p["heartbeat_timeout_ms"],
+        rig.file.timing.heartbeat_timeout_ms
+    );
     let fw = p["firmware"].as_str().unwrap();
     assert_eq!(fw.split('.').count(), 3, "firmware version {fw}");
-    assert!(fw.split('.').all(|n| n.parse::<u16>().is_ok()), "firmware version {fw}");
+    assert!(
+        fw.split('.').all(|n| n.parse::<u16>().is_ok()),
+        "firmware version {fw}"
+    );
     if rig.is_emulated() {
         assert_eq!(p["board"], "qemu-lm3s6965");
         assert_eq!(ev["priority"], "normal");
@@ -100,7 +118,9 @@ fn handshake_reports_protocol_and_firmware_versions() {
             .unwrap();
     }
     let state = agent
-        .wait_state("connected", Duration::from_secs(5), |s| s["connected"] == true)
+        .wait_state("connected", Duration::from_secs(5), |s| {
+            s["connected"] == true
+        })
         .unwrap();
     assert_eq!(state["firmware"], fw);
     assert_eq!(state["mcu_protocol"], PROTOCOL_VERSION);
@@ -117,7 +137,9 @@ fn agent_killed_with_sigkill_cuts_motor_power_within_heartbeat_timeout() {
     let t0 = Instant::now();
     agent.kill();
     let off = rig
-        .wait_pins("motor disabled", Duration::from_secs(3), |p| !p.motor_enabled)
+        .wait_pins("motor disabled", Duration::from_secs(3), |p| {
+            !p.motor_enabled
+        })
         .unwrap();
     let took = off.at.saturating_duration_since(t0);
     assert!(
@@ -139,22 +161,34 @@ fn stalled_agent_event_loop_cuts_motor_power_and_recovery_does_not_resume_it() {
     let t0 = Instant::now();
     agent.command("stall 1500").unwrap();
     let off = rig
-        .wait_pins("motor disabled", Duration::from_secs(3), |p| !p.motor_enabled)
+        .wait_pins("motor disabled", Duration::from_secs(3), |p| {
+            !p.motor_enabled
+        })
         .unwrap();
     let took = off.at.saturating_duration_since(t0);
-    assert!(took <= cut_limit(&rig), "motor power cut {took:?} after the stall began");
+    assert!(
+        took <= cut_limit(&rig),
+        "motor power cut {took:?} after the stall began"
+    );
     assert!(off.faults.contains(Faults::HEARTBEAT_TIMEOUT));
     // The agent comes back and heartbeats again; the latched fault keeps power off.
-    let fault = agent.wait_event("mcu_fault", Duration::from_secs(5)).unwrap();
+    let fault = agent
+        .wait_event("mcu_fault", Duration::from_secs(5))
+        .unwrap();
     assert_eq!(fault["payload"]["fault"], "heartbeat_timeout");
     assert_eq!(fault["priority"], "critical");
     let after = rig.watch_pins(Duration::from_millis(1500));
-    assert!(after.iter().all(|p| !p.motor_enabled), "power came back by itself: {after:?}");
+    assert!(
+        after.iter().all(|p| !p.motor_enabled),
+        "power came back by itself: {after:?}"
+    );
     // The explicit arm flow re-enables it.
     agent.command("arm").unwrap();
     assert_eq!(agent.wait_reply(Duration::from_secs(5)).unwrap(), None);
-    rig.wait_pins("motor re-enabled after arm", Duration::from_secs(3), |p| p.motor_enabled)
-        .unwrap();
+    rig.wait_pins("motor re-enabled after arm", Duration::from_secs(3), |p| {
+        p.motor_enabled
+    })
+    .unwrap();
 }
 
 #[test]
@@ -181,16 +215,24 @@ fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
     until_armed(&mut rig, &mut agent);
 
     rig.set_estop(true).unwrap();
-    rig.wait_pins("motor disabled by e-stop", Duration::from_secs(2), |p| !p.motor_enabled && p.estop_pressed)
-        .unwrap();
+    rig.wait_pins("motor disabled by e-stop", Duration::from_secs(2), |p| {
+        !p.motor_enabled && p.estop_pressed
+    })
+    .unwrap();
     let ev = agent.wait_event("estop", Duration::from_secs(3)).unwrap();
     assert_eq!(ev["priority"], "critical");
     assert_eq!(ev["payload"]["action"], "pause");
     for name in ["nav", "planner"] {
         let step = agent
-            .wait_record(&format!("pause step for {name}"), Duration::from_secs(3), |r| {
-                r["payload"]["kind"] == "estop_action" && r["payload"]["process"] == name && r["payload"]["action"] == "pause"
-            })
+            .wait_record(
+                &format!("pause step for {name}"),
+                Duration::from_secs(3),
+                |r| {
+                    r["payload"]["kind"] == "estop_action"
+                        && r["payload"]["process"] == name
+                        && r["payload"]["action"] == "pause"
+                },
+            )
             .unwrap();
         assert_eq!(step["payload"]["ok"], true, "{step}");
         assert_eq!(step["priority"], "critical");
@@ -200,26 +242,47 @@ fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
 
     // Releasing the button does not resume anything: the e-stop is latched.
     rig.set_estop(false).unwrap();
-    rig.wait_pins("e-stop released", Duration::from_secs(2), |p| !p.estop_pressed).unwrap();
+    rig.wait_pins("e-stop released", Duration::from_secs(2), |p| {
+        !p.estop_pressed
+    })
+    .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(proc_state(nav.pid()), Some('T'), "resumed before the latch was cleared");
+    assert_eq!(
+        proc_state(nav.pid()),
+        Some('T'),
+        "resumed before the latch was cleared: {:#?}",
+        agent.seen.iter().rev().take(12).collect::<Vec<_>>()
+    );
 
     // The operator clears it: processes resume, and the link re-enables motor power.
     agent.command("clear").unwrap();
     assert_eq!(agent.wait_reply(Duration::from_secs(5)).unwrap(), None);
-    let cleared = agent.wait_event("estop_cleared", Duration::from_secs(3)).unwrap();
+    let cleared = agent
+        .wait_event("estop_cleared", Duration::from_secs(3))
+        .unwrap();
     assert_eq!(cleared["priority"], "critical");
     for name in ["nav", "planner"] {
         agent
-            .wait_record(&format!("resume step for {name}"), Duration::from_secs(3), |r| {
-                r["payload"]["kind"] == "estop_action" && r["payload"]["process"] == name && r["payload"]["action"] == "resume" && r["payload"]["ok"] == true
-            })
+            .wait_record(
+                &format!("resume step for {name}"),
+                Duration::from_secs(3),
+                |r| {
+                    r["payload"]["kind"] == "estop_action"
+                        && r["payload"]["process"] == name
+                        && r["payload"]["action"] == "resume"
+                        && r["payload"]["ok"] == true
+                },
+            )
             .unwrap();
     }
     assert_ne!(proc_state(nav.pid()), Some('T'));
     assert_ne!(proc_state(planner.pid()), Some('T'));
-    rig.wait_pins("motor re-enabled after clear", Duration::from_secs(5), |p| p.motor_enabled)
-        .unwrap();
+    rig.wait_pins(
+        "motor re-enabled after clear",
+        Duration::from_secs(5),
+        |p| p.motor_enabled,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -235,12 +298,20 @@ fn serial_noise_is_survived_and_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let state = agent
-        .wait_state("rx errors counted", Duration::from_secs(5), |s| s["rx_errors"].as_u64() > Some(0))
+        .wait_state("rx errors counted", Duration::from_secs(5), |s| {
+            s["rx_errors"].as_u64() > Some(0)
+        })
         .unwrap();
-    assert_eq!(state["sessions"], 1, "noise must not cost the session: {state}");
+    assert_eq!(
+        state["sessions"], 1,
+        "noise must not cost the session: {state}"
+    );
     assert_eq!(state["connected"], true);
     let after = rig.watch_pins(Duration::from_millis(800));
-    assert!(after.iter().all(|p| p.motor_enabled), "noise cut motor power: {after:?}");
+    assert!(
+        after.iter().all(|p| p.motor_enabled),
+        "noise cut motor power: {after:?}"
+    );
     assert!(rig.last.is_some_and(|p| p.motor_enabled));
     // Link metrics carry the count.
     let rec = agent
@@ -259,16 +330,23 @@ fn port_closed_and_reopened_reconnects() {
     }
     let mut agent = agent(&rig, &[]);
     until_armed(&mut rig, &mut agent);
-    rig.replug(Duration::from_millis(1500), Image::Normal).unwrap();
-    let lost = agent.wait_event("mcu_link_lost", Duration::from_secs(5)).unwrap();
+    rig.replug(Duration::from_millis(1500), Image::Normal)
+        .unwrap();
+    let lost = agent
+        .wait_event("mcu_link_lost", Duration::from_secs(5))
+        .unwrap();
     assert_eq!(lost["priority"], "critical");
     agent
         .wait_state("second session", boot(&rig) + Duration::from_secs(5), |s| {
             s["sessions"] == 2 && s["connected"] == true
         })
         .unwrap();
-    rig.wait_pins("motor enabled on the new session", Duration::from_secs(5), |p| p.motor_enabled)
-        .unwrap();
+    rig.wait_pins(
+        "motor enabled on the new session",
+        Duration::from_secs(5),
+        |p| p.motor_enabled,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -278,15 +356,24 @@ fn firmware_with_other_protocol_version_never_enables_motors() {
         return;
     }
     let mut agent = agent(&rig, &[]);
-    let ev = agent.wait_event("mcu_protocol_mismatch", boot(&rig)).unwrap();
+    let ev = agent
+        .wait_event("mcu_protocol_mismatch", boot(&rig))
+        .unwrap();
     assert_eq!(ev["priority"], "critical");
     let err = ev["payload"]["error"].as_str().unwrap();
-    assert!(err.contains(&format!("speaks protocol {}", PROTOCOL_VERSION + 100)), "{err}");
+    assert!(
+        err.contains(&format!("speaks protocol {}", PROTOCOL_VERSION + 100)),
+        "{err}"
+    );
     assert!(err.contains("motors stay disabled"), "{err}");
     let pins = rig.watch_pins(Duration::from_secs(2));
     assert!(pins.iter().all(|p| !p.motor_enabled), "{pins:?}");
     assert!(!rig.last.is_some_and(|p| p.motor_enabled));
-    assert!(agent.seen.iter().filter_map(|l| l.state.as_ref()).all(|s| s["motor_enabled"] == false));
+    assert!(agent
+        .seen
+        .iter()
+        .filter_map(|l| l.state.as_ref())
+        .all(|s| s["motor_enabled"] == false));
 }
 
 /// Talks to the firmware directly (no agent): a host with another protocol is refused.
@@ -311,7 +398,13 @@ fn host_with_other_protocol_version_is_refused_by_firmware() {
         let n = proto::encode(seq, &m, &mut out).unwrap();
         wr.write_all(&out[..n]).unwrap();
     };
-    send(1, HostMsg::Hello { protocol: PROTOCOL_VERSION + 1, agent: proto::Version::new(9, 9, 9) });
+    send(
+        1,
+        HostMsg::Hello {
+            protocol: PROTOCOL_VERSION + 1,
+            agent: proto::Version::new(9, 9, 9),
+        },
+    );
     for seq in 2..8 {
         send(seq, HostMsg::Heartbeat);
         send(seq + 100, HostMsg::RequestEnable);
@@ -325,17 +418,18 @@ fn host_with_other_protocol_version_is_refused_by_firmware() {
     while Instant::now() < deadline && (ack.is_none() || refusals < 6) {
         let n = port.read(&mut buf).unwrap_or(0);
         for b in &buf[..n] {
-            match dec.push(*b) {
-                Some(Ok(f)) => match f.msg {
-                    McuMsg::HelloAck { protocol, accepted, .. } => ack = Some((protocol, accepted)),
+            if let Some(Ok(f)) = dec.push(*b) {
+                match f.msg {
+                    McuMsg::HelloAck {
+                        protocol, accepted, ..
+                    } => ack = Some((protocol, accepted)),
                     McuMsg::Refused { reason, .. } => {
                         assert_eq!(reason, Refusal::ProtocolMismatch);
                         refusals += 1;
                     }
                     McuMsg::Status(s) => assert!(!s.motor_enabled),
                     McuMsg::HeartbeatAck { motor_enabled, .. } => assert!(!motor_enabled),
-                },
-                _ => {}
+                }
             }
         }
     }

@@ -32,7 +32,8 @@ impl Pids {
         let name = name.to_owned();
         Box::pin(async move {
             let pid = pid.ok_or_else(|| format!("no process named {name}"))?;
-            kill(Pid::from_raw(pid as i32), sig).map_err(|e| format!("{sig} to {name} ({pid}): {e}"))
+            kill(Pid::from_raw(pid as i32), sig)
+                .map_err(|e| format!("{sig} to {name} ({pid}): {e}"))
         })
     }
 }
@@ -141,7 +142,10 @@ async fn run() -> Result<()> {
                 r = states.changed() => if r.is_err() { return },
             }
             let s = states.borrow_and_update().clone();
-            let key = format!("{}{}{}{:?}{}{}", s.connected, s.motor_enabled, s.estop_pressed, s.faults, s.sessions, s.rx_errors);
+            let key = format!(
+                "{}{}{}{:?}{}{}",
+                s.connected, s.motor_enabled, s.estop_pressed, s.faults, s.sessions, s.rx_errors
+            );
             if key != last {
                 last = key;
                 print(json!({ "kind": "state", "state": s }));
@@ -170,7 +174,9 @@ async fn run() -> Result<()> {
             _ => None,
         };
         if let Some(r) = reply {
-            print(json!({ "kind": "reply", "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()) }));
+            print(
+                json!({ "kind": "reply", "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()) }),
+            );
         }
     }
     cancel.cancel();
@@ -180,7 +186,10 @@ async fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hil-agent: {e}");
