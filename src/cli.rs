@@ -112,10 +112,10 @@ pub enum Command {
     Version,
     // ---- bundle (helper "bundle"): signing keys, trust roots, bundles ----
     /// Signing keys and trust roots: `keys gen`, `keys root init|sign|rotate|verify`.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = crate::bundle::cli::WORKFLOW)]
     Keys(crate::bundle::cli::KeysCmd),
     /// Signed workload bundles: `bundle pack|sign|verify|inspect`.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = crate::bundle::cli::WORKFLOW)]
     Bundle(crate::bundle::cli::BundleCmd),
     // ---- end bundle ----
 }

@@ -525,6 +525,8 @@ mod tests {
     #[test]
     fn workload_must_be_toml() {
         assert!(check_workload("[process.a]\ncommand = \"x\"\n").is_ok());
-        assert!(check_workload("[process.a\n").unwrap_err().contains("not valid TOML"));
+        assert!(check_workload("[process.a\n")
+            .unwrap_err()
+            .contains("not valid TOML"));
     }
 }
