@@ -9,6 +9,8 @@ pub mod control;
 pub mod datadir;
 pub mod liveness;
 pub mod logging;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod runtime;
 pub mod status;
 pub mod systemd;
