@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn typed_message_bytes_decode_to_json() {
         let msg = r2r::std_msgs::msg::String { data: "hi".into() };
-        let bytes = r2r::std_msgs::msg::String::to_serialized_bytes(&msg).unwrap();
+        let bytes = r2r::WrappedTypesupport::to_serialized_bytes(&msg).unwrap();
         let v = decode("std_msgs/msg/String", &bytes).unwrap();
         assert_eq!(v, json!({"data": "hi"}));
         let e = decode("nope_msgs/msg/Nope", &bytes).unwrap_err();

@@ -136,13 +136,9 @@ impl Lifecycle {
         Ok(c)
     }
 
-    async fn wait_available<T: 'static + Send>(
-        &self,
-        node: &str,
-        client: &r2r::Client<T>,
-    ) -> Result<(), Error>
+    async fn wait_available<T>(&self, node: &str, client: &r2r::Client<T>) -> Result<(), Error>
     where
-        T: r2r::WrappedServiceTypeSupport,
+        T: r2r::WrappedServiceTypeSupport + Send + 'static,
     {
         let fut = r2r::Node::is_available(client)
             .map_err(|e| Error::rcl(format!("{node}: poll service"), e))?;
