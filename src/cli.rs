@@ -90,6 +90,14 @@ pub enum Command {
     },
     /// Print version, git commit, target triple and enabled features.
     Version,
+    // ---- bundle (helper "bundle"): signing keys, trust roots, bundles ----
+    /// Signing keys and trust roots: `keys gen`, `keys root init|sign|rotate|verify`.
+    #[command(subcommand)]
+    Keys(crate::bundle::cli::KeysCmd),
+    /// Signed workload bundles: `bundle pack|sign|verify|inspect`.
+    #[command(subcommand)]
+    Bundle(crate::bundle::cli::BundleCmd),
+    // ---- end bundle ----
 }
 
 /// `fleetlet config …`
@@ -175,6 +183,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             config,
             env,
         } => report(ctl(&op, &args, socket, config, env)),
+        // ---- bundle (helper "bundle") ----
+        Command::Keys(cmd) => report(crate::bundle::cli::run_keys(cmd)),
+        Command::Bundle(cmd) => report(crate::bundle::cli::run_bundle(cmd)),
+        // ---- end bundle ----
         Command::Version => {
             println!("fleetlet {}", env!("CARGO_PKG_VERSION"));
             println!("commit:   {}", env!("BUILD_GIT_COMMIT"));

@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -13,5 +14,7 @@ pub mod logging;
 pub mod ros2;
 pub mod runtime;
 pub mod status;
+pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
+pub mod workload;
