@@ -45,6 +45,9 @@ pub struct Config {
     pub status_interval: Duration,
     /// Diagnostics topic to aggregate (empty disables).
     pub diagnostics_topic: String,
+    /// `ros2_lifecycle` checks drive an `unconfigured` node configure → activate
+    /// (bring-up in dependency order, and again after a respawn).
+    pub lifecycle_autostart: bool,
     /// Topics forwarded as telemetry in addition to the workload's `[[forward]]` entries.
     pub forward: Vec<Forward>,
 }
@@ -62,6 +65,7 @@ impl Default for Config {
             status_topic: DEFAULT_STATUS_TOPIC.to_owned(),
             status_interval: DEFAULT_STATUS_INTERVAL,
             diagnostics_topic: DEFAULT_DIAGNOSTICS_TOPIC.to_owned(),
+            lifecycle_autostart: true,
             forward: Vec::new(),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: managed-node bring-up (configure → activate in dependency order) and
 //!   teardown in reverse.
 //! - [`diagnostics`]: `/diagnostics` aggregation; level changes become events.
+//! - [`provider`]: the supervisor's check provider (and lifecycle autostart).
 //! - [`status`]: the agent's own state published on `/fleetlet/status`.
 
 pub mod bridge;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod diagnostics;
 pub mod env;
 pub mod lifecycle;
+pub mod provider;
 pub mod spin;
 pub mod status;
 
@@ -84,9 +86,38 @@ pub struct Handle {
     pub lifecycle: lifecycle::Lifecycle,
     /// Bridged topics with their counters.
     pub bridged: Vec<bridge::Bridged>,
+    /// Drive unconfigured lifecycle nodes to active in `ros2_lifecycle` checks.
+    pub lifecycle_autostart: bool,
 }
 
 impl Handle {
+    /// The check provider to pass to [`crate::supervisor::start`].
+    pub fn provider(&self) -> std::sync::Arc<dyn crate::supervisor::CheckProvider> {
+        provider::Provider::new(self.checker.clone(), self.lifecycle_autostart).shared()
+    }
+
+    /// Checks a workload before it is applied: its `[ros2]` section must agree with the
+    /// agent's graph, and it gets its `[[forward]]` entries bridged.
+    ///
+    /// # Errors
+    /// [`Error::Env`] on a conflicting domain/RMW, or any bridge error.
+    pub async fn accept_workload(&mut self, svc: &crate::runtime::Services, w: &crate::workload::Workload) -> Result<(), Error> {
+        self.ros.env().check_workload(w.ros2.domain_id, w.ros2.rmw_implementation.as_deref())?;
+        let forwards: Vec<bridge::Forward> = w
+            .forward
+            .iter()
+            .map(|f| bridge::Forward {
+                topic: f.topic.clone(),
+                msg_type: f.msg_type.clone(),
+                max_rate_hz: f.max_rate_hz,
+                fields: f.fields.clone(),
+                priority: f.priority,
+                stream: f.stream.clone(),
+            })
+            .collect();
+        self.forward(svc, &forwards).await
+    }
+
     /// The variables every child process must get (same graph as the agent).
     pub fn child_env(&self) -> std::collections::BTreeMap<String, String> {
         self.ros.env().child_vars()
@@ -200,5 +231,6 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         checker,
         lifecycle,
         bridged,
+        lifecycle_autostart: cfg.lifecycle_autostart,
     })
 }

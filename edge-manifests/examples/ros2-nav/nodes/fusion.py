@@ -51,10 +51,12 @@ def main():
     rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = Fusion(a.rate, a.name)
     stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda s, _f: stop.append(signal.Signals(s).name))
+    signal.signal(signal.SIGTERM, lambda s, _f: stop.append(signal.Signals(s).name))
     while rclpy.ok() and not stop:
         rclpy.spin_once(node, timeout_sec=0.05)
+    if stop:
+        print(f"{node.get_name()}: stopping on {stop[0]}", file=sys.stderr, flush=True)
     node.destroy_node()
     rclpy.shutdown()
     return 0

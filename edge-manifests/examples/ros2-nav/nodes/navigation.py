@@ -4,6 +4,7 @@
 
 --diag-level ok|warn|error  level it reports (error simulates a planner failure)
 --autostart                 configure and activate itself (as if no lifecycle manager)
+--self-configure            configure itself and stay inactive (an activation that never came)
 """
 import argparse
 import signal
@@ -77,18 +78,22 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--diag-level", choices=sorted(LEVELS), default="ok")
     p.add_argument("--autostart", action="store_true")
+    p.add_argument("--self-configure", action="store_true", help="configure only: stay inactive")
     p.add_argument("--name", default="navigation", help="node name")
     a = p.parse_args()
     rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = Navigation(a.diag_level, a.name)
-    if a.autostart:
+    if a.autostart or a.self_configure:
         node.trigger_configure()
+    if a.autostart:
         node.trigger_activate()
     stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda s, _f: stop.append(signal.Signals(s).name))
+    signal.signal(signal.SIGTERM, lambda s, _f: stop.append(signal.Signals(s).name))
     while rclpy.ok() and not stop:
         rclpy.spin_once(node, timeout_sec=0.05)
+    if stop:
+        print(f"{node.get_name()}: stopping on {stop[0]}", file=sys.stderr, flush=True)
     node.destroy_node()
     rclpy.shutdown()
     return 0

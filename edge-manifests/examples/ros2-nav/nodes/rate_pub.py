@@ -19,8 +19,8 @@ def main():
     node = Node("rate_pub")
     pub = node.create_publisher(String, a.topic, 10)
     stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda s, _f: stop.append(signal.Signals(s).name))
+    signal.signal(signal.SIGTERM, lambda s, _f: stop.append(signal.Signals(s).name))
     period = 1.0 / a.rate
     nxt = time.monotonic()
     i = 0
@@ -35,6 +35,8 @@ def main():
             time.sleep(d)
         elif d < -1.0:
             nxt = time.monotonic()
+    if stop:
+        print(f"{node.get_name()}: stopping on {stop[0]}", file=sys.stderr, flush=True)
     node.destroy_node()
     rclpy.shutdown()
     return 0
