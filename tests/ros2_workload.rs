@@ -43,8 +43,16 @@ fn graph_nodes() -> Vec<String> {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ros2/graph_nodes.py"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Records on `stream` received within `d`.
@@ -64,7 +72,9 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
     let dir = tempfile::tempdir().unwrap();
     let (svc, mut telemetry) = services(dir.path());
     let mut ros = fleetlet::ros2::start(&svc, &ros2_config()).await.unwrap();
-    let sup = supervisor::start(&svc, &supervisor::Config::default(), Some(ros.provider())).await.unwrap();
+    let sup = supervisor::start(&svc, &supervisor::Config::default(), Some(ros.provider()))
+        .await
+        .unwrap();
     let w = Workload::from_file(&example().join("workload.toml")).unwrap();
     ros.accept_workload(&svc, &w).await.unwrap();
 
@@ -73,7 +83,8 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
     let order = tokio::spawn(async move {
         let mut ready: Vec<String> = Vec::new();
         let mut started_early: Vec<String> = Vec::new();
-        let deps: BTreeMap<&str, &str> = [("fusion", "sensor_driver"), ("navigation", "fusion")].into();
+        let deps: BTreeMap<&str, &str> =
+            [("fusion", "sensor_driver"), ("navigation", "fusion")].into();
         loop {
             {
                 let s = watch.borrow_and_update().clone();
@@ -99,42 +110,79 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
         }
     });
     sup.apply(w).await.unwrap();
-    let (ready, early) = tokio::time::timeout(Duration::from_secs(120), order).await.expect("workload not ready in 120 s").unwrap();
+    let (ready, early) = tokio::time::timeout(Duration::from_secs(120), order)
+        .await
+        .expect("workload not ready in 120 s")
+        .unwrap();
     assert_eq!(ready, vec!["sensor_driver", "fusion", "navigation"]);
-    assert!(early.is_empty(), "started before their dependency was ready: {early:?}");
+    assert!(
+        early.is_empty(),
+        "started before their dependency was ready: {early:?}"
+    );
     let lc = ros.lifecycle.get_state("/navigation").await.unwrap();
-    assert_eq!(lc.label, "active", "navigation was driven configure → activate");
+    assert_eq!(
+        lc.label, "active",
+        "navigation was driven configure → activate"
+    );
 
-    // /fused_pose telemetry, throttled to 10 Hz, position and stamp only
+    // /fused_pose telemetry, throttled to 10 Hz, position and stamp only (backlog drained first)
+    while telemetry.try_recv().is_ok() {}
     let recs = collect(&mut telemetry, "ros/fused_pose", Duration::from_secs(5)).await;
     let hz = recs.len() as f64 / 5.0;
-    assert!((9.0..=11.0).contains(&hz), "fused_pose forwarded at {hz} Hz, want 10 ± 10%");
+    assert!(
+        (9.0..=11.0).contains(&hz),
+        "fused_pose forwarded at {hz} Hz, want 10 ± 10%"
+    );
     assert!(recs.iter().all(|r| r.priority == Priority::Normal));
     let data = &recs[0].payload["data"];
-    assert!(data["pose.position"]["x"].is_f64() && data["header.stamp"]["sec"].is_i64(), "{data}");
+    assert!(
+        data["pose.position"]["x"].is_f64() && data["header.stamp"]["sec"].is_i64(),
+        "{data}"
+    );
 
     // Alive but silent: SIGSTOP fusion → topic-rate liveness fails → restart → ready again.
     let snap = sup.snapshot();
     let old_pid = snap.processes["fusion"].pid.unwrap();
     let restarts = snap.processes["fusion"].restarts;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let snap = wait_until(&sup, 60, "fusion restarted and ready", |s| {
         let f = &s.processes["fusion"];
         f.restarts > restarts && f.state == ProcessState::Ready && f.pid != Some(old_pid)
     })
     .await;
-    assert!(!alive(old_pid as i32), "the stopped fusion process must be gone");
+    assert!(
+        !alive(old_pid as i32),
+        "the stopped fusion process must be gone"
+    );
     assert!(snap.processes["fusion"].pid.is_some());
     let recs = collect(&mut telemetry, "ros/fused_pose", Duration::from_secs(3)).await;
-    assert!(recs.len() >= 20, "fused_pose telemetry did not recover: {} records in 3 s", recs.len());
+    assert!(
+        recs.len() >= 20,
+        "fused_pose telemetry did not recover: {} records in 3 s",
+        recs.len()
+    );
 
     // Shutdown: every node gets SIGINT first and leaves the graph.
-    let pids: Vec<u32> = sup.snapshot().processes.values().filter_map(|p| p.pid).collect();
+    let pids: Vec<u32> = sup
+        .snapshot()
+        .processes
+        .values()
+        .filter_map(|p| p.pid)
+        .collect();
     sup.shutdown().await.unwrap();
-    for (name, node) in [("sensor_driver", "sensor_driver"), ("fusion", "fusion"), ("navigation", "navigation")] {
+    for (name, node) in [
+        ("sensor_driver", "sensor_driver"),
+        ("fusion", "fusion"),
+        ("navigation", "navigation"),
+    ] {
         let logs = sup.logs(name, 50).unwrap();
         assert!(
-            logs.iter().any(|l| l.text.contains(&format!("{node}: stopping on SIGINT"))),
+            logs.iter()
+                .any(|l| l.text.contains(&format!("{node}: stopping on SIGINT"))),
             "{name} was not stopped with SIGINT: {:?}",
             logs.iter().map(|l| &l.text).collect::<Vec<_>>()
         );
@@ -144,8 +192,13 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
     }
     svc.cancel.cancel();
     svc.tracker.close();
-    tokio::time::timeout(Duration::from_secs(10), svc.tracker.wait()).await.expect("ros2 tasks did not stop");
-    assert!(!ros.ros.is_running(), "the spin thread must be joined on shutdown");
+    tokio::time::timeout(Duration::from_secs(10), svc.tracker.wait())
+        .await
+        .expect("ros2 tasks did not stop");
+    assert!(
+        !ros.ros.is_running(),
+        "the spin thread must be joined on shutdown"
+    );
     let start = Instant::now();
     let mut left = graph_nodes();
     while !left.is_empty() && start.elapsed() < Duration::from_secs(10) {
@@ -163,7 +216,9 @@ async fn a_lifecycle_node_left_inactive_blocks_readiness() {
         ..ros2_config()
     };
     let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
-    let sup = supervisor::start(&svc, &supervisor::Config::default(), Some(ros.provider())).await.unwrap();
+    let sup = supervisor::start(&svc, &supervisor::Config::default(), Some(ros.provider()))
+        .await
+        .unwrap();
     let manifest = format!(
         r#"
         [process.navigation]
@@ -177,7 +232,9 @@ async fn a_lifecycle_node_left_inactive_blocks_readiness() {
         "#,
         nodes = example().join("nodes").display()
     );
-    sup.apply(Workload::from_toml_str(&manifest).unwrap()).await.unwrap();
+    sup.apply(Workload::from_toml_str(&manifest).unwrap())
+        .await
+        .unwrap();
     let snap = wait_until(&sup, 60, "inactive reason", |s| {
         s.processes["navigation"]
             .reason
@@ -190,7 +247,10 @@ async fn a_lifecycle_node_left_inactive_blocks_readiness() {
     assert!(snap.processes["consumer"].pid.is_none());
     // an operator (or a fixed node) activates it: readiness follows
     ros.lifecycle.ensure_active("/nav_inactive").await.unwrap();
-    wait_until(&sup, 30, "consumer running", |s| s.processes["consumer"].pid.is_some()).await;
+    wait_until(&sup, 30, "consumer running", |s| {
+        s.processes["consumer"].pid.is_some()
+    })
+    .await;
     sup.shutdown().await.unwrap();
     svc.cancel.cancel();
     svc.tracker.close();
@@ -207,12 +267,21 @@ async fn a_workload_asking_for_another_domain_is_refused() {
     };
     let mut ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
     let other = (domain() + 1) % 200;
-    let w = Workload::from_toml_str(&format!("[ros2]\ndomain_id = {other}\n[process.a]\ncommand = \"true\"\n")).unwrap();
+    let w = Workload::from_toml_str(&format!(
+        "[ros2]\ndomain_id = {other}\n[process.a]\ncommand = \"true\"\n"
+    ))
+    .unwrap();
     let e = ros.accept_workload(&svc, &w).await.unwrap_err();
-    assert!(e.to_string().contains("ros2.domain_id") && e.to_string().contains(&other.to_string()), "{e}");
+    assert!(
+        e.to_string().contains("ros2.domain_id") && e.to_string().contains(&other.to_string()),
+        "{e}"
+    );
     // children get the agent's graph
     assert_eq!(ros.child_env()["ROS_DOMAIN_ID"], domain().to_string());
-    assert_eq!(std::env::var("ROS_DOMAIN_ID").unwrap(), domain().to_string());
+    assert_eq!(
+        std::env::var("ROS_DOMAIN_ID").unwrap(),
+        domain().to_string()
+    );
     svc.cancel.cancel();
     svc.tracker.close();
     svc.tracker.wait().await;

@@ -101,8 +101,14 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::Env`] on a conflicting domain/RMW, or any bridge error.
-    pub async fn accept_workload(&mut self, svc: &crate::runtime::Services, w: &crate::workload::Workload) -> Result<(), Error> {
-        self.ros.env().check_workload(w.ros2.domain_id, w.ros2.rmw_implementation.as_deref())?;
+    pub async fn accept_workload(
+        &mut self,
+        svc: &crate::runtime::Services,
+        w: &crate::workload::Workload,
+    ) -> Result<(), Error> {
+        self.ros
+            .env()
+            .check_workload(w.ros2.domain_id, w.ros2.rmw_implementation.as_deref())?;
         let forwards: Vec<bridge::Forward> = w
             .forward
             .iter()
