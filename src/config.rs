@@ -227,10 +227,14 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[telemetry]` (durable queue and uploader)
+    pub telemetry: crate::telemetry::Config,
+    /// `[mqtt]` (link to the fleet broker)
+    pub mqtt: crate::mqtt::Config,
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api"];
+const SECTIONS: &[&str] = &["device", "agent", "api", "telemetry", "mqtt"];
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -333,6 +337,8 @@ impl Config {
         if !self.api.listen.ip().is_loopback() {
             problems.push(Problem::new("api.listen", format!("{} is not a loopback address; the local API must never be exposed on the network", self.api.listen)));
         }
+        self.telemetry.validate(problems);
+        self.mqtt.validate(problems);
     }
 
     /// The effective configuration as TOML with secrets (keys named like password, secret,
@@ -484,6 +490,8 @@ impl Layered {
             device: self.section("device"),
             agent: self.section("agent"),
             api: self.section("api"),
+            telemetry: self.section("telemetry"),
+            mqtt: self.section("mqtt"),
         };
         let unknown: Vec<String> = self.table.keys().cloned().collect();
         for key in unknown {

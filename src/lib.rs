@@ -10,6 +10,7 @@ pub mod control;
 pub mod datadir;
 pub mod liveness;
 pub mod logging;
+pub mod mqtt;
 #[cfg(feature = "ros2")]
 pub mod ros2;
 pub mod runtime;

@@ -67,6 +67,9 @@ pub enum Error {
     /// Shutdown took longer than `agent.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; tasks still running were abandoned")]
     ShutdownTimeout(std::time::Duration),
+    /// Telemetry could not start (queue unreadable).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::Error),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -100,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let status = Registry::new();
-    let (telemetry, _intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let (telemetry, intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
     let liveness = Liveness::new();
     liveness.tick();
     tracker.spawn(liveness.clone().run(cancel.child_token()));
@@ -146,6 +149,40 @@ pub async fn run(config: Config) -> Result<(), Error> {
         api_status.set_state(SubsystemState::Running);
         tracing::info!(listen = %bound, "local API listening");
     }
+
+    // --- telemetry + mqtt (issue 5) ---
+    let (link, downlink) = if config.mqtt.enabled {
+        match crate::mqtt::start(&svc, &config.mqtt) {
+            Ok((h, rx)) => (Some(h), Some(rx)),
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt link not started; telemetry keeps buffering");
+                telemetry.event(
+                    Priority::Critical,
+                    "mqtt_start_failed",
+                    json!({ "error": e.to_string() }),
+                );
+                (None, None)
+            }
+        }
+    } else {
+        svc.status
+            .register("mqtt")
+            .set_state(SubsystemState::Disabled);
+        (None, None)
+    };
+    // The update engine / command handler take `downlink` over once they exist.
+    let _downlink = downlink;
+    let _telemetry = crate::telemetry::start(
+        &svc,
+        &config.telemetry,
+        crate::telemetry::Inputs {
+            intake,
+            link,
+            quarantine: quarantine.clone(),
+        },
+    )
+    .await?;
+    // --- end telemetry + mqtt ---
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(
