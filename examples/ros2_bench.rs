@@ -54,7 +54,8 @@ async fn main() {
     let data = fleetlet::datadir::DataDir::new(dir.path().join("data"));
     data.create().unwrap();
     let (db, quarantine) = data.open_db(8 << 20, Some(500)).unwrap();
-    let (sink, rx) = fleetlet::telemetry::Sink::channel(fleetlet::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let (sink, rx) =
+        fleetlet::telemetry::Sink::channel(fleetlet::telemetry::DEFAULT_INTAKE_CAPACITY);
     let svc = fleetlet::runtime::Services {
         config: Arc::new(fleetlet::config::Config::default()),
         data,
@@ -97,12 +98,20 @@ async fn main() {
     };
     let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
-    let count = |f: fn(&fleetlet::ros2::bridge::Counters) -> u64| ros.bridged.iter().map(|b| f(&b.counters)).sum::<u64>();
-    let (r0, f0) = (count(|c| c.received.load(Ordering::Relaxed)), count(|c| c.forwarded.load(Ordering::Relaxed)));
+    let count = |f: fn(&fleetlet::ros2::bridge::Counters) -> u64| {
+        ros.bridged.iter().map(|b| f(&b.counters)).sum::<u64>()
+    };
+    let (r0, f0) = (
+        count(|c| c.received.load(Ordering::Relaxed)),
+        count(|c| c.forwarded.load(Ordering::Relaxed)),
+    );
     let (c0, t0) = (cpu_seconds(), Instant::now());
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let (c1, el) = (cpu_seconds(), t0.elapsed().as_secs_f64());
-    let (r1, f1) = (count(|c| c.received.load(Ordering::Relaxed)), count(|c| c.forwarded.load(Ordering::Relaxed)));
+    let (r1, f1) = (
+        count(|c| c.received.load(Ordering::Relaxed)),
+        count(|c| c.forwarded.load(Ordering::Relaxed)),
+    );
     println!(
         "{}",
         serde_json::json!({

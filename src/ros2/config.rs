@@ -87,6 +87,15 @@ impl Config {
         Ok(own.or(&Ros2Env::from_process_env()?))
     }
 
+    /// Pushes every problem with its full dotted key (`ros2.domain_id`, ...).
+    pub fn validate(&self, problems: &mut Vec<crate::config::Problem>) {
+        problems.extend(
+            self.problems()
+                .into_iter()
+                .map(|(k, m)| crate::config::Problem::new(k, m)),
+        );
+    }
+
     /// Collects every problem as `(key, message)`.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
