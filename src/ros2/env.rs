@@ -269,9 +269,11 @@ impl Ros2Env {
     }
 
     /// Applies this environment to the agent's own process so its r2r context (created once
-    /// per process, reading these variables) joins the same graph. Called by the spin thread
-    /// right before the context is created.
-    pub(crate) fn apply_to_own_process(&self) {
+    /// per process, reading these variables) joins the same graph and every child inherits
+    /// it. The spin thread calls it right before the context is created; `main` may call it
+    /// earlier, before the tokio runtime starts its threads (setenv is not thread-safe
+    /// against concurrent getenv in C code) — applying the same values twice is harmless.
+    pub fn apply_to_own_process(&self) {
         for k in self.cleared_vars() {
             std::env::remove_var(k);
         }
