@@ -227,14 +227,18 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[supervisor]`
+    pub supervisor: crate::supervisor::Config,
+    // ---- telemetry ----
     /// `[telemetry]` (durable queue and uploader)
     pub telemetry: crate::telemetry::Config,
     /// `[mqtt]` (link to the fleet broker)
     pub mqtt: crate::mqtt::Config,
+    // ---- end telemetry ----
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api", "telemetry", "mqtt"];
+const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -283,6 +287,7 @@ impl Config {
 
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
+        self.supervisor.validate(problems);
         if self.device.id.is_empty()
             || !self
                 .device
@@ -337,8 +342,10 @@ impl Config {
         if !self.api.listen.ip().is_loopback() {
             problems.push(Problem::new("api.listen", format!("{} is not a loopback address; the local API must never be exposed on the network", self.api.listen)));
         }
+        // ---- telemetry ----
         self.telemetry.validate(problems);
         self.mqtt.validate(problems);
+        // ---- end telemetry ----
     }
 
     /// The effective configuration as TOML with secrets (keys named like password, secret,
@@ -490,9 +497,23 @@ impl Layered {
             device: self.section("device"),
             agent: self.section("agent"),
             api: self.section("api"),
+            supervisor: self.section("supervisor"),
+            // ---- telemetry ----
             telemetry: self.section("telemetry"),
             mqtt: self.section("mqtt"),
+            // ---- end telemetry ----
         };
+        let mut config = config;
+        // A workload path is relative to the file that names it (manifests ship beside configs).
+        if let Some(w) = config.supervisor.workload.as_mut() {
+            if w.is_relative() {
+                if let Source::File(f) = self.source_of("supervisor.workload") {
+                    if let Some(dir) = f.parent() {
+                        *w = dir.join(&*w);
+                    }
+                }
+            }
+        }
         let unknown: Vec<String> = self.table.keys().cloned().collect();
         for key in unknown {
             let source = self.source_of(&key);

@@ -58,6 +58,9 @@ pub enum Error {
     /// The local API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::Error),
+    /// The supervisor refused its configuration.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::Error),
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
@@ -131,6 +134,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         );
     }
 
+    // Supervisor (the ROS 2 check provider plugs in here when the ros2 feature is on).
+    let supervisor = crate::supervisor::start(&svc, &config.supervisor, None).await?;
+    register_process_ops(&svc.ops, &supervisor);
+
     // Local API.
     if config.api.enabled {
         let api_status = status.register("api");
@@ -140,7 +147,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             started,
             device_id: config.device.id.clone(),
             boot_id: svc.boot_id.clone(),
-            extra: None,
+            extra: Some(crate::api::logs::router(supervisor.clone())),
         };
         let (bound, serving) =
             crate::api::serve(config.api.listen, state, cancel.child_token()).await?;
@@ -150,7 +157,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tracing::info!(listen = %bound, "local API listening");
     }
 
-    // --- telemetry + mqtt (issue 5) ---
+    // ---- telemetry ----
     let (link, downlink) = if config.mqtt.enabled {
         match crate::mqtt::start(&svc, &config.mqtt) {
             Ok((h, rx)) => (Some(h), Some(rx)),
@@ -182,7 +189,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
     )
     .await?;
-    // --- end telemetry + mqtt ---
+    // ---- end telemetry ----
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(
@@ -225,6 +232,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         json!({ "uptime_s": started.elapsed().as_secs() }),
     );
 
+    // Ordered shutdown: children first (their exit events still reach the queue), then
+    // everything else.
+    if let Err(e) = supervisor.shutdown().await {
+        tracing::warn!(error = %e, "supervisor shutdown");
+    }
     cancel.cancel();
     tracker.close();
     let deadline = config.agent.shutdown_timeout;
@@ -245,6 +257,39 @@ pub async fn run(config: Config) -> Result<(), Error> {
     } else {
         Err(Error::ShutdownTimeout(deadline))
     }
+}
+
+/// Operator actions on processes, served on the control socket.
+fn register_process_ops(ops: &crate::control::Ops, sup: &crate::supervisor::Handle) {
+    fn name_of(args: &serde_json::Value) -> Result<String, String> {
+        args.get("name")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| "missing argument `name` (the process name)".to_owned())
+    }
+    macro_rules! op {
+        ($op:literal, $method:ident) => {{
+            let sup = sup.clone();
+            ops.register($op, move |args| {
+                let sup = sup.clone();
+                async move {
+                    let name = name_of(&args)?;
+                    sup.$method(&name).await.map_err(|e| e.to_string())?;
+                    Ok(json!({ "process": name, "done": $op }))
+                }
+            });
+        }};
+    }
+    op!("process.restart", restart);
+    op!("process.stop", stop);
+    op!("process.start", start);
+    op!("process.pause", pause);
+    op!("process.resume", resume);
+    let sup = sup.clone();
+    ops.register("process.list", move |_| {
+        let snap = sup.snapshot();
+        async move { serde_json::to_value(&snap).map_err(|e| e.to_string()) }
+    });
 }
 
 async fn wait_for_signal() -> Result<(), Error> {

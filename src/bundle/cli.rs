@@ -399,7 +399,7 @@ pub fn run_bundle(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{} refused", bundle.display()))?;
             let elapsed = start.elapsed();
             println!(
-                "OK {} (security_version {}) signed by {} of {} required bundle key(s): {}",
+                "OK {} (security_version {}) signed by {} bundle key(s), threshold {}: {}",
                 v.id,
                 v.manifest.security_version,
                 v.signers.len(),
