@@ -88,16 +88,18 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
         loop {
             {
                 let s = watch.borrow_and_update().clone();
+                // readiness first: one (coalesced) snapshot may show a dependency becoming
+                // ready and its dependant starting
                 for (name, p) in &s.processes {
-                    if p.pid.is_some() {
-                        if let Some(dep) = deps.get(name.as_str()) {
-                            if !ready.iter().any(|r| r == dep) && !started_early.contains(name) {
-                                started_early.push(name.clone());
-                            }
-                        }
-                    }
                     if p.state == ProcessState::Ready && !ready.contains(name) {
                         ready.push(name.clone());
+                    }
+                }
+                for (name, p) in &s.processes {
+                    if let (Some(_), Some(dep)) = (p.pid, deps.get(name.as_str())) {
+                        if !ready.iter().any(|r| r == dep) && !started_early.contains(name) {
+                            started_early.push(name.clone());
+                        }
                     }
                 }
                 if ready.len() == 3 {
