@@ -22,6 +22,7 @@ sleep 3
 run() { "$BIN" --topic /bench --seconds "$SECS" --warmup 3 "$@"; }
 field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])[sys.argv[2]], 2))" "$1" "$2"; }
 
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ROS 2 bridge benchmark ($(nproc) cores, ${SECS}s per case, RMW $RMW_IMPLEMENTATION)"
 for case in throttled unthrottled idle; do
   case $case in
@@ -30,6 +31,7 @@ for case in throttled unthrottled idle; do
     idle) out=$(run --idle yes) ;;
   esac
   cpu=$(field "$out" cpu_percent); rss=$(field "$out" rss_mb); peak=$(field "$out" peak_rss_mb)
+  anon=$(field "$out" anon_rss_mb); file=$(field "$out" file_rss_mb)
   rx=$(field "$out" received_hz); fw=$(field "$out" forwarded_hz)
   case $case in
     throttled) target_cpu="< 3% of one core" ;;
@@ -38,6 +40,6 @@ for case in throttled unthrottled idle; do
   ok_cpu=$(python3 -c "print('OK' if $cpu < 3.0 else 'MISS')")
   ok_rss=$(python3 -c "print('OK' if $rss <= 20.0 else 'MISS')")
   [ "$case" = throttled ] || ok_cpu="-"
-  printf '%-12s cpu %6.2f%%  target %-18s %-4s | rss %6.1f MB (peak %6.1f)  target <= 20 MB %-4s | received %7.1f Hz  forwarded %7.1f Hz\n' \
-    "$case" "$cpu" "$target_cpu" "$ok_cpu" "$rss" "$peak" "$ok_rss" "$rx" "$fw"
+  printf '%-12s cpu %6.2f%%  target %-18s %-4s | rss %6.1f MB (peak %6.1f; private %5.1f, shared libs %5.1f)  target <= 20 MB %-4s | received %7.1f Hz  forwarded %7.1f Hz\n' \
+    "$case" "$cpu" "$target_cpu" "$ok_cpu" "$rss" "$peak" "$anon" "$file" "$ok_rss" "$rx" "$fw"
 done

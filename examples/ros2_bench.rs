@@ -118,6 +118,8 @@ async fn main() {
             "cpu_percent": 100.0 * (c1 - c0) / el,
             "rss_mb": status_kb("VmRSS:") as f64 / 1024.0,
             "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
+            "anon_rss_mb": status_kb("RssAnon:") as f64 / 1024.0,
+            "file_rss_mb": status_kb("RssFile:") as f64 / 1024.0,
             "received_hz": (r1 - r0) as f64 / el,
             "forwarded_hz": (f1 - f0) as f64 / el,
             "spins": ros.ros.spin_count(),
