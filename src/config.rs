@@ -247,7 +247,15 @@ pub struct Config {
 const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
 // ---- ros2 ----
 #[cfg(feature = "ros2")]
-const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt", "ros2"];
+const SECTIONS: &[&str] = &[
+    "device",
+    "agent",
+    "api",
+    "supervisor",
+    "telemetry",
+    "mqtt",
+    "ros2",
+];
 // ---- end ros2 ----
 
 impl Config {

@@ -153,9 +153,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let provider = if config.ros2.enabled {
         let mut ros2 = crate::ros2::start(&svc, &config.ros2).await?;
         if let Some(path) = config.supervisor.workload.clone() {
-            let w = tokio::task::spawn_blocking(move || crate::workload::Workload::from_file(&path))
-                .await
-                .map_err(|_| crate::ros2::Error::NotRunning)??;
+            let w =
+                tokio::task::spawn_blocking(move || crate::workload::Workload::from_file(&path))
+                    .await
+                    .map_err(|_| crate::ros2::Error::NotRunning)??;
             ros2.accept_workload(&svc, &w).await?;
         }
         Some(ros2.provider())
