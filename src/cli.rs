@@ -17,8 +17,9 @@ pub const EX_FAILURE: u8 = 1;
 
 /// fleetlet: edge runtime for robot compute boards.
 ///
-/// Runs signed ROS 2 workloads, buffers telemetry offline and ships it over MQTT, and keeps
-/// a heartbeat with the robot's safety microcontroller.
+/// Supervises the ROS 2 processes of a workload, buffers telemetry on disk and ships it over
+/// MQTT, signs and verifies workload bundles, and keeps a heartbeat with the robot's safety
+/// microcontroller.
 #[derive(Debug, Parser)]
 #[command(name = "fleetlet", version, propagate_version = true)]
 pub struct Cli {
