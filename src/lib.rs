@@ -8,9 +8,14 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod hal;
 pub mod liveness;
 pub mod logging;
+pub mod mqtt;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod runtime;
+pub mod serial;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;

@@ -70,6 +70,19 @@ pub enum Error {
     /// Shutdown took longer than `agent.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; tasks still running were abandoned")]
     ShutdownTimeout(std::time::Duration),
+    /// Telemetry could not start (queue unreadable).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::Error),
+    // ---- ros2 ----
+    /// The ROS 2 node could not start, or the workload asks for another ROS graph.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2(#[from] crate::ros2::Error),
+    /// The workload manifest could not be read for the ROS 2 bridge.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2Workload(#[from] crate::workload::Error),
+    // ---- end ros2 ----
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -103,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let status = Registry::new();
-    let (telemetry, _intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let (telemetry, intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
     let liveness = Liveness::new();
     liveness.tick();
     tracker.spawn(liveness.clone().run(cancel.child_token()));
@@ -131,8 +144,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
         );
     }
 
-    // Supervisor (the ROS 2 check provider plugs in here when the ros2 feature is on).
-    let supervisor = crate::supervisor::start(&svc, &config.supervisor, None).await?;
+    // ---- ros2 ----
+    // The ROS 2 node starts before the supervisor: its environment (domain id, RMW,
+    // discovery) is applied to the agent's process, so every child inherits the same graph;
+    // its check provider evaluates the workload's ros2_* checks; the workload's [[forward]]
+    // topics are bridged and a workload asking for another graph is refused.
+    #[cfg(feature = "ros2")]
+    let provider = if config.ros2.enabled {
+        let mut ros2 = crate::ros2::start(&svc, &config.ros2).await?;
+        if let Some(path) = config.supervisor.workload.clone() {
+            let w =
+                tokio::task::spawn_blocking(move || crate::workload::Workload::from_file(&path))
+                    .await
+                    .map_err(|_| crate::ros2::Error::NotRunning)??;
+            ros2.accept_workload(&svc, &w).await?;
+        }
+        Some(ros2.provider())
+    } else {
+        None
+    };
+    #[cfg(not(feature = "ros2"))]
+    let provider = None;
+    // ---- end ros2 ----
+    let supervisor = crate::supervisor::start(&svc, &config.supervisor, provider).await?;
     register_process_ops(&svc.ops, &supervisor);
 
     // Local API.
@@ -153,6 +187,40 @@ pub async fn run(config: Config) -> Result<(), Error> {
         api_status.set_state(SubsystemState::Running);
         tracing::info!(listen = %bound, "local API listening");
     }
+
+    // ---- telemetry ----
+    let (link, downlink) = if config.mqtt.enabled {
+        match crate::mqtt::start(&svc, &config.mqtt) {
+            Ok((h, rx)) => (Some(h), Some(rx)),
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt link not started; telemetry keeps buffering");
+                telemetry.event(
+                    Priority::Critical,
+                    "mqtt_start_failed",
+                    json!({ "error": e.to_string() }),
+                );
+                (None, None)
+            }
+        }
+    } else {
+        svc.status
+            .register("mqtt")
+            .set_state(SubsystemState::Disabled);
+        (None, None)
+    };
+    // The update engine / command handler take `downlink` over once they exist.
+    let _downlink = downlink;
+    let _telemetry = crate::telemetry::start(
+        &svc,
+        &config.telemetry,
+        crate::telemetry::Inputs {
+            intake,
+            link,
+            quarantine: quarantine.clone(),
+        },
+    )
+    .await?;
+    // ---- end telemetry ----
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(

@@ -302,3 +302,15 @@ fn private_key_readable_by_others_is_refused() {
     );
     assert!(err.contains("too open"), "{err}");
 }
+
+#[test]
+fn bundle_help_shows_the_signing_workflow() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["bundle", "--help"]);
+    assert!(
+        out.contains("Signing workflow") && out.contains("fleetlet bundle sign"),
+        "{out}"
+    );
+    let out = ok(t.path(), &["keys", "--help"]);
+    assert!(out.contains("keys root init"), "{out}");
+}

@@ -59,7 +59,7 @@ fn parts(b: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_bundle_is_never_accepted_with_changed_signed_bytes_or_payload(

@@ -17,6 +17,23 @@ use super::root::{RoleKeys, Roles, RootDoc, RootFile, TrustedRoot};
 use super::verify::{authorize, DeviceIdentity};
 use super::Config;
 
+/// The signing workflow, shown by `fleetlet keys --help` and `fleetlet bundle --help`.
+pub const WORKFLOW: &str = "\
+Signing workflow (root key + 3 release keys, 2 of 3 must sign a bundle):
+  fleetlet keys gen --out keys/root-1
+  fleetlet keys gen --out keys/release-1     # likewise release-2, release-3
+  fleetlet keys root init --root-key keys/root-1.pub \\
+      --bundle-key keys/release-1.pub --bundle-key keys/release-2.pub \\
+      --bundle-key keys/release-3.pub --bundle-threshold 2 --out root.json
+  fleetlet keys root sign root.json --key keys/root-1.key
+  fleetlet bundle pack nav --manifest workload.toml --name nav --version 1.4.0 \\
+      --security-version 7 --arch aarch64 --key keys/release-1.key --out nav.bundle
+  fleetlet bundle sign nav.bundle --key keys/release-3.key
+  fleetlet bundle verify nav.bundle --root root.json --arch aarch64
+Rotation: `keys root rotate --from root.json … --out root-2.json`, signed by the old AND
+the new root keys; verify with `--root root.json --root root-2.json`.
+Full guide: docs/bundles.md; byte format: docs/bundle-format.md.";
+
 /// `fleetlet keys …`
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCmd {
@@ -399,7 +416,7 @@ pub fn run_bundle(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{} refused", bundle.display()))?;
             let elapsed = start.elapsed();
             println!(
-                "OK {} (security_version {}) signed by {} of {} required bundle key(s): {}",
+                "OK {} (security_version {}) signed by {} bundle key(s), threshold {}: {}",
                 v.id,
                 v.manifest.security_version,
                 v.signers.len(),

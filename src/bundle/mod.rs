@@ -493,3 +493,40 @@ pub fn check_workload(text: &str) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_zero_caps_naming_full_keys() {
+        let mut problems = Vec::new();
+        Config {
+            max_unpacked_bytes: 0,
+            max_entries: 0,
+        }
+        .validate(&mut problems);
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["bundle.max_unpacked_bytes", "bundle.max_entries"]);
+        let mut none = Vec::new();
+        Config::default().validate(&mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn config_unknown_keys_are_errors() {
+        let e = toml::from_str::<Config>("max_entries = 5\nmax_files = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_files"), "{e}");
+        let c: Config = toml::from_str("max_entries = 5\n").unwrap();
+        assert_eq!(c.max_entries, 5);
+        assert_eq!(c.max_unpacked_bytes, DEFAULT_MAX_UNPACKED_BYTES);
+    }
+
+    #[test]
+    fn workload_must_be_toml() {
+        assert!(check_workload("[process.a]\ncommand = \"x\"\n").is_ok());
+        assert!(check_workload("[process.a\n")
+            .unwrap_err()
+            .contains("not valid TOML"));
+    }
+}

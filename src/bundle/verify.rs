@@ -239,17 +239,9 @@ impl Authorized {
     /// # Errors
     /// [`Error::Truncated`], [`Error::SizeMismatch`], [`Error::DigestMismatch`], [`Error::Io`].
     pub fn verify_payload<R: Read>(self, reader: R) -> Result<VerifiedBundle, Error> {
-        let mut h = PayloadHasher::new(reader, self.manifest.payload.size);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match h.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading bundle payload", e)),
-            }
-        }
-        h.finish(&self.manifest)?;
+        let (count, digest) = hash_pipelined(reader, self.manifest.payload.size)
+            .map_err(|e| Error::io("reading bundle payload", e))?;
+        check_payload(&self.manifest, count, digest)?;
         Ok(self.into_verified(None))
     }
 
@@ -287,30 +279,95 @@ impl<R: Read> PayloadHasher<R> {
 
     /// Checks size then digest.
     pub(crate) fn finish(self, m: &Manifest) -> Result<(), Error> {
-        let declared = m.payload.size;
-        if self.count < declared {
-            return Err(Error::Truncated {
-                section: "payload",
-                expected: declared,
-                got: self.count,
-            });
-        }
-        if self.count > declared {
-            return Err(Error::SizeMismatch {
-                bundle: m.id(),
-                declared,
-            });
-        }
-        let actual = hex::encode(self.hasher.finalize());
-        if actual != m.payload.sha256 {
-            return Err(Error::DigestMismatch {
-                bundle: m.id(),
-                declared: m.payload.sha256.clone(),
-                actual,
-            });
-        }
-        Ok(())
+        check_payload(m, self.count, self.hasher.finalize().into())
     }
+}
+
+/// Size first (short = truncated, long = trailing data), then digest.
+fn check_payload(m: &Manifest, count: u64, digest: [u8; 32]) -> Result<(), Error> {
+    let declared = m.payload.size;
+    if count < declared {
+        return Err(Error::Truncated {
+            section: "payload",
+            expected: declared,
+            got: count,
+        });
+    }
+    if count > declared {
+        return Err(Error::SizeMismatch {
+            bundle: m.id(),
+            declared,
+        });
+    }
+    let actual = hex::encode(digest);
+    if actual != m.payload.sha256 {
+        return Err(Error::DigestMismatch {
+            bundle: m.id(),
+            declared: m.payload.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Buffers in flight between the reading and the hashing thread.
+const PIPELINE_BUFFERS: usize = 3;
+
+/// Reads at most `declared + 1` bytes and hashes them, overlapping the reads (caller's
+/// thread) with SHA-256 (a scoped helper thread) through a fixed set of recycled
+/// buffers: memory is `PIPELINE_BUFFERS * CHUNK` whatever the size. `R` need not be `Send`.
+fn hash_pipelined<R: Read>(reader: R, declared: u64) -> io::Result<(u64, [u8; 32])> {
+    use std::sync::mpsc::sync_channel;
+    let mut r = reader.take(declared.saturating_add(1));
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+    for _ in 0..PIPELINE_BUFFERS {
+        empty_tx
+            .send(vec![0u8; CHUNK])
+            .map_err(|_| io::Error::other("hash pipeline closed"))?;
+    }
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for buf in full_rx {
+                h.update(&buf);
+                // The reader may have stopped; a closed return channel is fine.
+                let _ = empty_tx.send(buf);
+            }
+            <[u8; 32]>::from(h.finalize())
+        });
+        let mut count = 0u64;
+        let read_result = (|| -> io::Result<()> {
+            loop {
+                let mut buf = empty_rx
+                    .recv()
+                    .map_err(|_| io::Error::other("hash thread stopped"))?;
+                buf.resize(CHUNK, 0);
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match r.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if filled == 0 {
+                    return Ok(());
+                }
+                buf.truncate(filled);
+                count += filled as u64;
+                full_tx
+                    .send(buf)
+                    .map_err(|_| io::Error::other("hash thread stopped"))?;
+            }
+        })();
+        drop(full_tx);
+        let digest = hasher
+            .join()
+            .map_err(|_| io::Error::other("hash thread panicked"))?;
+        read_result.map(|()| (count, digest))
+    })
 }
 
 impl<R: Read> Read for PayloadHasher<R> {
