@@ -67,7 +67,9 @@ async fn logs(
         use tokio::sync::broadcast::error::RecvError;
         let text = match rx.recv().await {
             Ok(l) => format_line(&l),
-            Err(RecvError::Lagged(n)) => format!("-- {n} lines lost: this follower fell behind --\n"),
+            Err(RecvError::Lagged(n)) => {
+                format!("-- {n} lines lost: this follower fell behind --\n")
+            }
             Err(RecvError::Closed) => return None,
         };
         Some((Ok(text), rx))
