@@ -239,7 +239,7 @@ async fn expired_client_certificate_fails_with_a_clear_error_and_the_agent_keeps
         dir.path(),
         m,
         "robot-exp",
-        &["CertificateExpired", "expired"],
+        &["client certificate mqtt.tls.client_cert expired at 2020-02-01T00:00:00Z"],
     )
     .await;
 }

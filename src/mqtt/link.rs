@@ -242,9 +242,91 @@ impl Backoff {
     }
 }
 
-fn describe(e: &rumqttc::ConnectionError, cfg: &Config) -> String {
+/// Validity window (unix seconds) of the first certificate in a PEM file.
+pub fn cert_validity(pem: &[u8]) -> Option<(i64, i64)> {
+    let der = rustls_pemfile::certs(&mut std::io::Cursor::new(pem))
+        .next()?
+        .ok()?;
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&l0, rest) = rest.split_first()?;
+        let (len, rest) = if l0 < 0x80 {
+            (l0 as usize, rest)
+        } else {
+            let n = (l0 & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            (
+                rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize),
+                &rest[n..],
+            )
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    fn time(tag: u8, v: &[u8]) -> Option<i64> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (year, rest) = match tag {
+            0x17 => {
+                let y: i64 = s.get(0..2)?.parse().ok()?;
+                (if y < 50 { 2000 + y } else { 1900 + y }, s.get(2..)?)
+            }
+            0x18 => (s.get(0..4)?.parse().ok()?, s.get(4..)?),
+            _ => return None,
+        };
+        let n = |i: usize| rest.get(i..i + 2).and_then(|x| x.parse::<i64>().ok());
+        let (m, d, hh, mm, ss) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8).unwrap_or(0));
+        // Days from civil (H. Hinnant).
+        let y = if m <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    }
+    let (_, cert, _) = tlv(&der)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let mut rest = tbs;
+    let (tag, _, r) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = r;
+    }
+    for _ in 0..3 {
+        rest = tlv(rest)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = tlv(rest)?;
+    let (t1, v1, r) = tlv(validity)?;
+    let (t2, v2, _) = tlv(r)?;
+    Some((time(t1, v1)?, time(t2, v2)?))
+}
+
+fn describe(
+    e: &rumqttc::ConnectionError,
+    cfg: &Config,
+    client_validity: Option<(i64, i64)>,
+) -> String {
     let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+    let now = (crate::telemetry::now_ms() / 1000) as i64;
+    let fmt = |t: i64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
+    };
+    let cert_hint;
+    let hint = if let Some((_, after)) = client_validity.filter(|(_, a)| now > *a) {
+        cert_hint = format!(
+            " (the client certificate mqtt.tls.client_cert expired at {})",
+            fmt(after)
+        );
+        cert_hint.as_str()
+    } else if let Some((before, _)) = client_validity.filter(|(b, _)| now < *b) {
+        cert_hint = format!(
+            " (the client certificate mqtt.tls.client_cert is not valid before {})",
+            fmt(before)
+        );
+        cert_hint.as_str()
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         " (the broker's certificate is not signed by the CA in mqtt.tls.ca)"
     } else if text.to_ascii_lowercase().contains("expired") {
         " (a certificate has expired: check mqtt.tls.client_cert and the broker's certificate)"
@@ -306,6 +388,7 @@ pub(super) fn start(
             .unwrap_or_default();
         opts.set_credentials(user.clone(), pass);
     }
+    let mut client_validity = None;
     if let Some(tls) = &cfg.tls {
         let ca = read_file("mqtt.tls.ca", &tls.ca)?;
         let client_auth = match (&tls.client_cert, &tls.client_key) {
@@ -315,6 +398,11 @@ pub(super) fn start(
             )),
             _ => None,
         };
+        client_validity = client_auth.as_ref().and_then(|(c, _)| cert_validity(c));
+        let now = (crate::telemetry::now_ms() / 1000) as i64;
+        if client_validity.is_some_and(|(b, a)| now < b || now > a) {
+            tracing::error!(cert = ?tls.client_cert, "the client certificate is outside its validity period; the broker will refuse it");
+        }
         opts.set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Simple {
                 ca,
@@ -350,6 +438,7 @@ pub(super) fn start(
     let reporter = svc.status.register("mqtt");
     reporter.set_state(SubsystemState::Degraded);
     let task = Task {
+        client_validity,
         shared,
         cfg: cfg.clone(),
         groups: svc.config.device.groups.clone(),
@@ -371,6 +460,7 @@ pub(super) fn start(
 }
 
 struct Task {
+    client_validity: Option<(i64, i64)>,
     shared: Arc<Shared>,
     cfg: Config,
     groups: Vec<String>,
@@ -446,7 +536,7 @@ impl Task {
                     }
                     pkids.clear();
                     self.epoch_tx.send_modify(|e| *e += 1);
-                    let text = describe(&e, &self.cfg);
+                    let text = describe(&e, &self.cfg, self.client_validity);
                     if was_connected {
                         self.shared
                             .counters
@@ -584,6 +674,46 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_validity_is_read_from_pem() {
+        // openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1
+        //   -subj /CN=t  (generated 2026-12-02, valid one day)
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=t",
+                "-keyout",
+            ])
+            .arg(dir.path().join("k.pem"))
+            .arg("-out")
+            .arg(dir.path().join("c.pem"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            panic!("openssl is required for this test (apt openssl)");
+        }
+        let (before, after) =
+            cert_validity(&std::fs::read(dir.path().join("c.pem")).unwrap()).unwrap();
+        let now = (crate::telemetry::now_ms() / 1000) as i64;
+        assert!(
+            (before - now).abs() < 120,
+            "notBefore {before} vs now {now}"
+        );
+        assert_eq!(after - before, 86_400);
+        assert!(cert_validity(b"not a pem").is_none());
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_and_jitters() {
