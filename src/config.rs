@@ -229,6 +229,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[supervisor]`
     pub supervisor: crate::supervisor::Config,
+    // ---- bundle ----
+    /// `[bundle]`
+    pub bundle: crate::bundle::Config,
+    // ---- end bundle ----
     // ---- telemetry ----
     /// `[telemetry]` (durable queue and uploader)
     pub telemetry: crate::telemetry::Config,
@@ -238,7 +242,15 @@ pub struct Config {
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
+const SECTIONS: &[&str] = &[
+    "device",
+    "agent",
+    "api",
+    "supervisor",
+    "telemetry",
+    "mqtt",
+    "bundle",
+];
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -288,6 +300,9 @@ impl Config {
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
         self.supervisor.validate(problems);
+        // ---- bundle ----
+        self.bundle.validate(problems);
+        // ---- end bundle ----
         if self.device.id.is_empty()
             || !self
                 .device
@@ -498,6 +513,9 @@ impl Layered {
             agent: self.section("agent"),
             api: self.section("api"),
             supervisor: self.section("supervisor"),
+            // ---- bundle ----
+            bundle: self.section("bundle"),
+            // ---- end bundle ----
             // ---- telemetry ----
             telemetry: self.section("telemetry"),
             mqtt: self.section("mqtt"),
