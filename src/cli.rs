@@ -67,6 +67,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch a robot's telemetry from the cloud side: subscribe to the broker and print
+    /// decoded records, de-duplicated on device + boot + stream + sequence.
+    Tail(crate::mqtt::tail::TailArgs),
     /// Show the captured output of a supervised process.
     Logs {
         /// Process name from the workload manifest.
@@ -196,6 +199,25 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             env,
             json,
         } => report(status(addr, config, env, json)),
+        Command::Tail(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleetlet: cannot start the async runtime: {e}");
+                    return ExitCode::from(EX_FAILURE);
+                }
+            };
+            match rt.block_on(crate::mqtt::tail::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("fleetlet: {e}");
+                    ExitCode::from(EX_FAILURE)
+                }
+            }
+        }
         Command::Logs {
             process,
             follow,

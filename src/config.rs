@@ -239,9 +239,15 @@ pub struct Config {
     /// `[mqtt]` (link to the fleet broker)
     pub mqtt: crate::mqtt::Config,
     // ---- end telemetry ----
+    // ---- ros2 ----
+    /// `[ros2]` (only with the `ros2` feature)
+    #[cfg(feature = "ros2")]
+    pub ros2: crate::ros2::Config,
+    // ---- end ros2 ----
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
+#[cfg(not(feature = "ros2"))]
 const SECTIONS: &[&str] = &[
     "device",
     "agent",
@@ -251,6 +257,19 @@ const SECTIONS: &[&str] = &[
     "mqtt",
     "bundle",
 ];
+// ---- ros2 ----
+#[cfg(feature = "ros2")]
+const SECTIONS: &[&str] = &[
+    "device",
+    "agent",
+    "api",
+    "supervisor",
+    "telemetry",
+    "mqtt",
+    "bundle",
+    "ros2",
+];
+// ---- end ros2 ----
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -303,6 +322,10 @@ impl Config {
         // ---- bundle ----
         self.bundle.validate(problems);
         // ---- end bundle ----
+        // ---- ros2 ----
+        #[cfg(feature = "ros2")]
+        self.ros2.validate(problems);
+        // ---- end ros2 ----
         if self.device.id.is_empty()
             || !self
                 .device
@@ -520,6 +543,10 @@ impl Layered {
             telemetry: self.section("telemetry"),
             mqtt: self.section("mqtt"),
             // ---- end telemetry ----
+            // ---- ros2 ----
+            #[cfg(feature = "ros2")]
+            ros2: self.section("ros2"),
+            // ---- end ros2 ----
         };
         let mut config = config;
         // A workload path is relative to the file that names it (manifests ship beside configs).

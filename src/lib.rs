@@ -12,6 +12,8 @@ pub mod hal;
 pub mod liveness;
 pub mod logging;
 pub mod mqtt;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod runtime;
 pub mod serial;
 pub mod status;

@@ -73,6 +73,16 @@ pub enum Error {
     /// Telemetry could not start (queue unreadable).
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::Error),
+    // ---- ros2 ----
+    /// The ROS 2 node could not start, or the workload asks for another ROS graph.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2(#[from] crate::ros2::Error),
+    /// The workload manifest could not be read for the ROS 2 bridge.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2Workload(#[from] crate::workload::Error),
+    // ---- end ros2 ----
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -134,8 +144,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
         );
     }
 
-    // Supervisor (the ROS 2 check provider plugs in here when the ros2 feature is on).
-    let supervisor = crate::supervisor::start(&svc, &config.supervisor, None).await?;
+    // ---- ros2 ----
+    // The ROS 2 node starts before the supervisor: its environment (domain id, RMW,
+    // discovery) is applied to the agent's process, so every child inherits the same graph;
+    // its check provider evaluates the workload's ros2_* checks; the workload's [[forward]]
+    // topics are bridged and a workload asking for another graph is refused.
+    #[cfg(feature = "ros2")]
+    let provider = if config.ros2.enabled {
+        let mut ros2 = crate::ros2::start(&svc, &config.ros2).await?;
+        if let Some(path) = config.supervisor.workload.clone() {
+            let w =
+                tokio::task::spawn_blocking(move || crate::workload::Workload::from_file(&path))
+                    .await
+                    .map_err(|_| crate::ros2::Error::NotRunning)??;
+            ros2.accept_workload(&svc, &w).await?;
+        }
+        Some(ros2.provider())
+    } else {
+        None
+    };
+    #[cfg(not(feature = "ros2"))]
+    let provider = None;
+    // ---- end ros2 ----
+    let supervisor = crate::supervisor::start(&svc, &config.supervisor, provider).await?;
     register_process_ops(&svc.ops, &supervisor);
 
     // Local API.

@@ -52,6 +52,8 @@ impl AgentMetrics {
 }
 
 /// One sample (blocking: reads /proc and /sys).
+// statvfs fields are u32 on 32-bit targets (armv7), u64 here.
+#[allow(clippy::unnecessary_cast)]
 pub fn sample(
     data_dir: &std::path::Path,
     last_cpu: Option<(u64, u64)>,

@@ -35,19 +35,14 @@ pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// When appended records become durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum FlushPolicy {
     /// fsync after every appended batch (`"batch"`): nothing accepted is lost.
+    #[default]
     EveryBatch,
     /// fsync at most this often (`"100ms"`): a crash loses up to this much of the newest data.
     Every(Duration),
-}
-
-impl Default for FlushPolicy {
-    fn default() -> Self {
-        Self::EveryBatch
-    }
 }
 
 impl TryFrom<String> for FlushPolicy {
