@@ -229,6 +229,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[supervisor]`
     pub supervisor: crate::supervisor::Config,
+    // ---- bundle ----
+    /// `[bundle]`
+    pub bundle: crate::bundle::Config,
+    // ---- end bundle ----
     // ---- telemetry ----
     /// `[telemetry]` (durable queue and uploader)
     pub telemetry: crate::telemetry::Config,
@@ -244,7 +248,15 @@ pub struct Config {
 
 /// Names of the sections `[..]` the loader knows, in display order.
 #[cfg(not(feature = "ros2"))]
-const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
+const SECTIONS: &[&str] = &[
+    "device",
+    "agent",
+    "api",
+    "supervisor",
+    "telemetry",
+    "mqtt",
+    "bundle",
+];
 // ---- ros2 ----
 #[cfg(feature = "ros2")]
 const SECTIONS: &[&str] = &[
@@ -254,6 +266,7 @@ const SECTIONS: &[&str] = &[
     "supervisor",
     "telemetry",
     "mqtt",
+    "bundle",
     "ros2",
 ];
 // ---- end ros2 ----
@@ -306,6 +319,9 @@ impl Config {
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
         self.supervisor.validate(problems);
+        // ---- bundle ----
+        self.bundle.validate(problems);
+        // ---- end bundle ----
         // ---- ros2 ----
         #[cfg(feature = "ros2")]
         self.ros2.validate(problems);
@@ -520,6 +536,9 @@ impl Layered {
             agent: self.section("agent"),
             api: self.section("api"),
             supervisor: self.section("supervisor"),
+            // ---- bundle ----
+            bundle: self.section("bundle"),
+            // ---- end bundle ----
             // ---- telemetry ----
             telemetry: self.section("telemetry"),
             mqtt: self.section("mqtt"),

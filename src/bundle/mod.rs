@@ -470,24 +470,27 @@ impl Config {
     }
 }
 
-/// A validator for the verbatim `workload.toml` text carried in a bundle: returns a
-/// message naming the problem. Registered once with [`set_workload_validator`].
+/// An extra validator for the verbatim `workload.toml` text carried in a bundle: returns
+/// a message naming the problem. Registered once with [`set_workload_validator`].
 pub type WorkloadValidator = fn(&str) -> Result<(), String>;
 
 static WORKLOAD_VALIDATOR: OnceLock<WorkloadValidator> = OnceLock::new();
 
-/// Registers the supervisor's workload-manifest validator, used by `bundle pack` and by
-/// verification. Returns `false` if one was already registered (the first one stays).
+/// Registers an additional workload check (e.g. site policy), run after the supervisor's
+/// own validation by `bundle pack` and verification. Returns `false` if one was already
+/// registered (the first one stays).
 pub fn set_workload_validator(f: WorkloadValidator) -> bool {
     WORKLOAD_VALIDATOR.set(f).is_ok()
 }
 
-/// Checks workload text: it must be TOML, and pass the registered validator if any.
+/// Checks workload text: it must be a valid workload manifest
+/// ([`crate::workload::Workload::from_toml_str`]: TOML, no unknown keys, valid
+/// processes), and pass the registered extra validator if any.
 ///
 /// # Errors
 /// A message naming the problem.
 pub fn check_workload(text: &str) -> Result<(), String> {
-    toml::from_str::<toml::Table>(text).map_err(|e| format!("not valid TOML: {e}"))?;
+    crate::workload::Workload::from_toml_str(text).map_err(|e| e.to_string())?;
     match WORKLOAD_VALIDATOR.get() {
         Some(f) => f(text),
         None => Ok(()),
@@ -523,10 +526,10 @@ mod tests {
     }
 
     #[test]
-    fn workload_must_be_toml() {
-        assert!(check_workload("[process.a]\ncommand = \"x\"\n").is_ok());
-        assert!(check_workload("[process.a\n")
-            .unwrap_err()
-            .contains("not valid TOML"));
+    fn workload_is_checked_by_the_supervisor_schema() {
+        assert_eq!(check_workload("[process.a]\ncommand = \"x\"\n"), Ok(()));
+        assert!(check_workload("[process.a\n").is_err());
+        let e = check_workload("[process.a]\ncommand = \"x\"\nsurprise = 1\n").unwrap_err();
+        assert!(e.contains("surprise"), "{e}");
     }
 }
