@@ -24,6 +24,30 @@ fn main() {
         "cargo:rustc-env=BUILD_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
+    ros2_link_libpython();
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+}
+
+/// With the `ros2` feature and ROS 2 from PyPI wheels (scripts/ros2-env.sh exports
+/// `ROS2_LIBPYTHON_DIR`), some generated message libraries reference libpython symbols without
+/// declaring it as a dependency, so the agent links libpython itself (kept even if unused).
+fn ros2_link_libpython() {
+    println!("cargo:rerun-if-env-changed=ROS2_LIBPYTHON_DIR");
+    if std::env::var_os("CARGO_FEATURE_ROS2").is_none() {
+        return;
+    }
+    let Some(dir) = std::env::var_os("ROS2_LIBPYTHON_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.join("libpython3.11.so").exists() {
+        println!(
+            "cargo:warning=ROS2_LIBPYTHON_DIR={} has no libpython3.11.so; not linking libpython",
+            dir.display()
+        );
+        return;
+    }
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lpython3.11,--pop-state");
 }

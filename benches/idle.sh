@@ -8,7 +8,7 @@ BIN=target/release/fleetlet
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-sed -e "s#^data_dir = .*#data_dir = \"$work/data\"#" -e "s#^listen = .*#listen = \"127.0.0.1:$port\"#" \
+sed -e '/^# ---- supervisor ----/,/^# ---- end supervisor ----/d' -e "s#^data_dir = .*#data_dir = \"$work/data\"#" -e "s#^listen = .*#listen = \"127.0.0.1:$port\"#" \
   edge-manifests/config/dev.toml > "$work/dev.toml"
 start=$(date +%s%N)
 $BIN run --config "$work/dev.toml" 2>/dev/null &

@@ -67,6 +67,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the captured output of a supervised process.
+    Logs {
+        /// Process name from the workload manifest.
+        process: String,
+        /// Keep streaming new lines until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the latest lines to show first.
+        #[arg(long, short = 'n', default_value_t = crate::api::logs::DEFAULT_LINES)]
+        lines: usize,
+        /// Agent API address; defaults to `api.listen` of --config, else 127.0.0.1:7878.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<SocketAddr>,
+        /// Read the API address from this configuration file.
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Environment overlay for --config.
+        #[arg(long, value_name = "NAME", requires = "config")]
+        env: Option<String>,
+    },
     /// Send an operation to the running agent over its control socket.
     ///
     /// The socket is `<data_dir>/run/fleetlet.sock`, mode 0660: only the agent's user and
@@ -90,6 +110,14 @@ pub enum Command {
     },
     /// Print version, git commit, target triple and enabled features.
     Version,
+    // ---- bundle (helper "bundle"): signing keys, trust roots, bundles ----
+    /// Signing keys and trust roots: `keys gen`, `keys root init|sign|rotate|verify`.
+    #[command(subcommand, after_long_help = crate::bundle::cli::WORKFLOW)]
+    Keys(crate::bundle::cli::KeysCmd),
+    /// Signed workload bundles: `bundle pack|sign|verify|inspect`.
+    #[command(subcommand, after_long_help = crate::bundle::cli::WORKFLOW)]
+    Bundle(crate::bundle::cli::BundleCmd),
+    // ---- end bundle ----
 }
 
 /// `fleetlet config …`
@@ -168,6 +196,14 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             env,
             json,
         } => report(status(addr, config, env, json)),
+        Command::Logs {
+            process,
+            follow,
+            lines,
+            addr,
+            config,
+            env,
+        } => report(logs(&process, follow, lines, addr, config, env)),
         Command::Ctl {
             op,
             args,
@@ -175,6 +211,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             config,
             env,
         } => report(ctl(&op, &args, socket, config, env)),
+        // ---- bundle (helper "bundle") ----
+        Command::Keys(cmd) => report(crate::bundle::cli::run_keys(cmd)),
+        Command::Bundle(cmd) => report(crate::bundle::cli::run_bundle(cmd)),
+        // ---- end bundle ----
         Command::Version => {
             println!("fleetlet {}", env!("CARGO_PKG_VERSION"));
             println!("commit:   {}", env!("BUILD_GIT_COMMIT"));
@@ -302,7 +342,60 @@ pub fn render_status(v: &serde_json::Value) -> String {
             let _ = writeln!(out, "{name:<12} {state:<10} {detail}");
         }
     }
+    if let Some(procs) = v
+        .pointer("/subsystems/supervisor/detail/processes")
+        .and_then(serde_json::Value::as_object)
+        .filter(|p| !p.is_empty())
+    {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:>8} {:>8} {:<6} {:<8} {:<22} REASON",
+            "PROCESS", "STATE", "PID", "RESTARTS", "READY", "HEALTHY", "LIMITS"
+        );
+        for (name, p) in procs {
+            let f = |k: &str| match p.get(k) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => "-".into(),
+                Some(x) => x.to_string(),
+            };
+            let limits = p
+                .get("limits")
+                .map(|l| {
+                    format!(
+                        "mem:{} cpu:{}",
+                        l.get("memory").map(short).unwrap_or_default(),
+                        l.get("cpu").map(short).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{name:<20} {:<10} {:>8} {:>8} {:<6} {:<8} {:<22} {}",
+                f("state"),
+                f("pid"),
+                f("restarts"),
+                f("ready"),
+                f("healthy"),
+                limits,
+                f("reason")
+            );
+        }
+    }
     out
+}
+
+/// How a limit was applied (`cgroup`, `rlimit`, `none`).
+fn short(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(m) => m
+            .get("via")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("-")
+            .to_owned(),
+        other => other.to_string(),
+    }
 }
 
 fn summarize(d: &serde_json::Value) -> String {
@@ -357,5 +450,46 @@ fn ctl(
     let path = socket_path(socket, config, env)?;
     let result = crate::control::call(&path, op, args)?;
     println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(
+    process: &str,
+    follow: bool,
+    lines: usize,
+    addr: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    env: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let addr = api_addr(addr, config, env)?;
+    let name: String = process
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let path = format!("/v1/logs/{name}?lines={lines}&follow={follow}");
+    let mut body = Vec::new();
+    let mut stdout = std::io::stdout();
+    let status = crate::api::client::stream(addr, &path, |status, chunk| {
+        body.extend_from_slice(chunk);
+        if status != 200 {
+            return;
+        }
+        if let Some(end) = body.iter().rposition(|b| *b == b'\n') {
+            let _ = stdout.write_all(&body[..=end]);
+            let _ = stdout.flush();
+            body.drain(..=end);
+        }
+    })?;
+    if status != 200 {
+        anyhow::bail!("{}", String::from_utf8_lossy(&body).trim());
+    }
+    let _ = stdout.write_all(&body);
     Ok(ExitCode::SUCCESS)
 }

@@ -227,10 +227,36 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[supervisor]`
+    pub supervisor: crate::supervisor::Config,
+    // ---- telemetry ----
+    /// `[telemetry]` (durable queue and uploader)
+    pub telemetry: crate::telemetry::Config,
+    /// `[mqtt]` (link to the fleet broker)
+    pub mqtt: crate::mqtt::Config,
+    // ---- end telemetry ----
+    // ---- ros2 ----
+    /// `[ros2]` (only with the `ros2` feature)
+    #[cfg(feature = "ros2")]
+    pub ros2: crate::ros2::Config,
+    // ---- end ros2 ----
 }
 
 /// Names of the sections `[..]` the loader knows, in display order.
-const SECTIONS: &[&str] = &["device", "agent", "api"];
+#[cfg(not(feature = "ros2"))]
+const SECTIONS: &[&str] = &["device", "agent", "api", "supervisor", "telemetry", "mqtt"];
+// ---- ros2 ----
+#[cfg(feature = "ros2")]
+const SECTIONS: &[&str] = &[
+    "device",
+    "agent",
+    "api",
+    "supervisor",
+    "telemetry",
+    "mqtt",
+    "ros2",
+];
+// ---- end ros2 ----
 
 impl Config {
     /// Loads `path`, the overlay for `env` beside it, and `FLEETLET_…` variables from the
@@ -279,6 +305,11 @@ impl Config {
 
     /// Semantic checks across keys. Pushes every problem found.
     pub fn validate(&self, problems: &mut Vec<Problem>) {
+        self.supervisor.validate(problems);
+        // ---- ros2 ----
+        #[cfg(feature = "ros2")]
+        self.ros2.validate(problems);
+        // ---- end ros2 ----
         if self.device.id.is_empty()
             || !self
                 .device
@@ -333,6 +364,10 @@ impl Config {
         if !self.api.listen.ip().is_loopback() {
             problems.push(Problem::new("api.listen", format!("{} is not a loopback address; the local API must never be exposed on the network", self.api.listen)));
         }
+        // ---- telemetry ----
+        self.telemetry.validate(problems);
+        self.mqtt.validate(problems);
+        // ---- end telemetry ----
     }
 
     /// The effective configuration as TOML with secrets (keys named like password, secret,
@@ -484,7 +519,27 @@ impl Layered {
             device: self.section("device"),
             agent: self.section("agent"),
             api: self.section("api"),
+            supervisor: self.section("supervisor"),
+            // ---- telemetry ----
+            telemetry: self.section("telemetry"),
+            mqtt: self.section("mqtt"),
+            // ---- end telemetry ----
+            // ---- ros2 ----
+            #[cfg(feature = "ros2")]
+            ros2: self.section("ros2"),
+            // ---- end ros2 ----
         };
+        let mut config = config;
+        // A workload path is relative to the file that names it (manifests ship beside configs).
+        if let Some(w) = config.supervisor.workload.as_mut() {
+            if w.is_relative() {
+                if let Source::File(f) = self.source_of("supervisor.workload") {
+                    if let Some(dir) = f.parent() {
+                        *w = dir.join(&*w);
+                    }
+                }
+            }
+        }
         let unknown: Vec<String> = self.table.keys().cloned().collect();
         for key in unknown {
             let source = self.source_of(&key);

@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -10,8 +11,13 @@ pub mod datadir;
 pub mod hal;
 pub mod liveness;
 pub mod logging;
+pub mod mqtt;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod runtime;
 pub mod serial;
 pub mod status;
+pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
+pub mod workload;

@@ -58,6 +58,9 @@ pub enum Error {
     /// The local API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::Error),
+    /// The supervisor refused its configuration.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::Error),
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
@@ -67,6 +70,19 @@ pub enum Error {
     /// Shutdown took longer than `agent.shutdown_timeout`.
     #[error("shutdown did not finish within {0:?}; tasks still running were abandoned")]
     ShutdownTimeout(std::time::Duration),
+    /// Telemetry could not start (queue unreadable).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::Error),
+    // ---- ros2 ----
+    /// The ROS 2 node could not start, or the workload asks for another ROS graph.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2(#[from] crate::ros2::Error),
+    /// The workload manifest could not be read for the ROS 2 bridge.
+    #[cfg(feature = "ros2")]
+    #[error(transparent)]
+    Ros2Workload(#[from] crate::workload::Error),
+    // ---- end ros2 ----
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -100,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let status = Registry::new();
-    let (telemetry, _intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let (telemetry, intake) = Sink::channel(crate::telemetry::DEFAULT_INTAKE_CAPACITY);
     let liveness = Liveness::new();
     liveness.tick();
     tracker.spawn(liveness.clone().run(cancel.child_token()));
@@ -128,6 +144,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
         );
     }
 
+    // ---- ros2 ----
+    // The ROS 2 node starts before the supervisor: its environment (domain id, RMW,
+    // discovery) is applied to the agent's process, so every child inherits the same graph;
+    // its check provider evaluates the workload's ros2_* checks; the workload's [[forward]]
+    // topics are bridged and a workload asking for another graph is refused.
+    #[cfg(feature = "ros2")]
+    let provider = if config.ros2.enabled {
+        let mut ros2 = crate::ros2::start(&svc, &config.ros2).await?;
+        if let Some(path) = config.supervisor.workload.clone() {
+            let w =
+                tokio::task::spawn_blocking(move || crate::workload::Workload::from_file(&path))
+                    .await
+                    .map_err(|_| crate::ros2::Error::NotRunning)??;
+            ros2.accept_workload(&svc, &w).await?;
+        }
+        Some(ros2.provider())
+    } else {
+        None
+    };
+    #[cfg(not(feature = "ros2"))]
+    let provider = None;
+    // ---- end ros2 ----
+    let supervisor = crate::supervisor::start(&svc, &config.supervisor, provider).await?;
+    register_process_ops(&svc.ops, &supervisor);
+
     // Local API.
     if config.api.enabled {
         let api_status = status.register("api");
@@ -137,7 +178,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             started,
             device_id: config.device.id.clone(),
             boot_id: svc.boot_id.clone(),
-            extra: None,
+            extra: Some(crate::api::logs::router(supervisor.clone())),
         };
         let (bound, serving) =
             crate::api::serve(config.api.listen, state, cancel.child_token()).await?;
@@ -146,6 +187,40 @@ pub async fn run(config: Config) -> Result<(), Error> {
         api_status.set_state(SubsystemState::Running);
         tracing::info!(listen = %bound, "local API listening");
     }
+
+    // ---- telemetry ----
+    let (link, downlink) = if config.mqtt.enabled {
+        match crate::mqtt::start(&svc, &config.mqtt) {
+            Ok((h, rx)) => (Some(h), Some(rx)),
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt link not started; telemetry keeps buffering");
+                telemetry.event(
+                    Priority::Critical,
+                    "mqtt_start_failed",
+                    json!({ "error": e.to_string() }),
+                );
+                (None, None)
+            }
+        }
+    } else {
+        svc.status
+            .register("mqtt")
+            .set_state(SubsystemState::Disabled);
+        (None, None)
+    };
+    // The update engine / command handler take `downlink` over once they exist.
+    let _downlink = downlink;
+    let _telemetry = crate::telemetry::start(
+        &svc,
+        &config.telemetry,
+        crate::telemetry::Inputs {
+            intake,
+            link,
+            quarantine: quarantine.clone(),
+        },
+    )
+    .await?;
+    // ---- end telemetry ----
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(
@@ -188,6 +263,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         json!({ "uptime_s": started.elapsed().as_secs() }),
     );
 
+    // Ordered shutdown: children first (their exit events still reach the queue), then
+    // everything else.
+    if let Err(e) = supervisor.shutdown().await {
+        tracing::warn!(error = %e, "supervisor shutdown");
+    }
     cancel.cancel();
     tracker.close();
     let deadline = config.agent.shutdown_timeout;
@@ -208,6 +288,39 @@ pub async fn run(config: Config) -> Result<(), Error> {
     } else {
         Err(Error::ShutdownTimeout(deadline))
     }
+}
+
+/// Operator actions on processes, served on the control socket.
+fn register_process_ops(ops: &crate::control::Ops, sup: &crate::supervisor::Handle) {
+    fn name_of(args: &serde_json::Value) -> Result<String, String> {
+        args.get("name")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| "missing argument `name` (the process name)".to_owned())
+    }
+    macro_rules! op {
+        ($op:literal, $method:ident) => {{
+            let sup = sup.clone();
+            ops.register($op, move |args| {
+                let sup = sup.clone();
+                async move {
+                    let name = name_of(&args)?;
+                    sup.$method(&name).await.map_err(|e| e.to_string())?;
+                    Ok(json!({ "process": name, "done": $op }))
+                }
+            });
+        }};
+    }
+    op!("process.restart", restart);
+    op!("process.stop", stop);
+    op!("process.start", start);
+    op!("process.pause", pause);
+    op!("process.resume", resume);
+    let sup = sup.clone();
+    ops.register("process.list", move |_| {
+        let snap = sup.snapshot();
+        async move { serde_json::to_value(&snap).map_err(|e| e.to_string()) }
+    });
 }
 
 async fn wait_for_signal() -> Result<(), Error> {

@@ -60,6 +60,69 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply, Err
     parse(&raw).ok_or(Error::Malformed { addr })
 }
 
+/// GETs `path` and hands each piece of the body, with the HTTP status, to `sink` as it arrives (for streamed
+/// responses such as `?follow=true`). Returns the HTTP status once the body ends.
+///
+/// # Errors
+/// [`Error::NotRunning`] when nothing accepts the connection.
+pub fn stream(
+    addr: SocketAddr,
+    path: &str,
+    mut sink: impl FnMut(u16, &[u8]),
+) -> Result<u16, Error> {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|source| Error::NotRunning { addr, source })?;
+    let io = |source| Error::Io { addr, source };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut r = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(io)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(Error::Malformed { addr })?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(io)? == 0 {
+            return Err(Error::Malformed { addr });
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if !chunked {
+        let mut body = Vec::new();
+        r.read_to_end(&mut body).map_err(io)?;
+        sink(status, &body);
+        return Ok(status);
+    }
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(io)? == 0 {
+            return Ok(status);
+        }
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| Error::Malformed { addr })?;
+        if size == 0 {
+            return Ok(status);
+        }
+        let mut chunk = vec![0u8; size + 2];
+        r.read_exact(&mut chunk).map_err(io)?;
+        sink(status, &chunk[..size]);
+    }
+}
+
 fn parse(raw: &[u8]) -> Option<Reply> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 
 pub use http::{serve, Error, State};

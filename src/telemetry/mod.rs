@@ -4,6 +4,29 @@
 //! [`Sink::emit`], which never blocks: when the intake channel is full the newest record is
 //! dropped and counted (reported as `fleetlet_telemetry_intake_dropped_total`), so a
 //! telemetry stall can never stall the supervisor or the MCU link.
+//!
+//! Behind it ([`start`]):
+//! - a writer task drains the intake into the durable [`queue::Queue`] in batches and makes
+//!   them durable per the flush policy (sled calls on the blocking pool);
+//! - the [`uploader`] publishes batches in priority order over the MQTT link and deletes
+//!   records only after PUBACK;
+//! - [`source`] samples agent metrics periodically, and drop reports are written as critical
+//!   records on the `drops` stream;
+//! - status and metrics are published under `telemetry` in the status registry.
+//!
+//! # Adding a stream
+//! A stream is just a name: call `svc.telemetry.emit("ros/battery", Priority::Normal,
+//! json!({...}))` from anywhere. Sequence numbers, durability, batching, upload and drop
+//! accounting come for free. Optionally give it a priority override or a maximum age in
+//! `[telemetry.streams."ros/battery"]`.
+
+pub mod queue;
+pub mod record;
+pub mod source;
+pub mod uploader;
+mod writer;
+
+pub use writer::{start, Config, Error, FlushPolicy, Handle, Inputs, StreamConfig};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

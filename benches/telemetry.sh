@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Telemetry benchmark: ingest into the sled queue, drain through the real agent to a local
+# mosquitto, and peers (mosquitto_pub --repeat, a plain rumqttc publisher) in the same run.
+# Usage: benches/telemetry.sh [--records N] [--peer-messages N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v mosquitto >/dev/null || { echo "needs apt mosquitto mosquitto-clients" >&2; exit 1; }
+cargo build --release --quiet --bin fleetlet --example telemetry_bench
+exec target/release/examples/telemetry_bench --agent target/release/fleetlet "$@"

@@ -1,0 +1,131 @@
+//! ROS 2 bridge benchmark (run through `benches/ros2.sh`, release build, `--features ros2`).
+//!
+//! Runs the agent's ROS 2 subsystem (r2r node on its spin thread, bridge, diagnostics,
+//! status publisher) feeding the real telemetry queue (sled), forwards `--topic` with an
+//! optional `--max-rate`, and after `--warmup` seconds measures its own CPU time and RSS over
+//! `--seconds`. Prints one JSON line.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetlet::ros2::bridge::Forward;
+use fleetlet::telemetry::Priority;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// utime + stime of this process in seconds.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = s.rsplit(')').next().unwrap();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // fields after the comm: state(0) ... utime(11) stime(12)
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let topic = arg("--topic", "/bench");
+    let max_rate: Option<f64> = match arg("--max-rate", "none").as_str() {
+        "none" => None,
+        r => Some(r.parse().unwrap()),
+    };
+    let seconds: f64 = arg("--seconds", "10").parse().unwrap();
+    let warmup: f64 = arg("--warmup", "3").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleetlet::datadir::DataDir::new(dir.path().join("data"));
+    data.create().unwrap();
+    let (db, quarantine) = data.open_db(8 << 20, Some(500)).unwrap();
+    let (sink, rx) =
+        fleetlet::telemetry::Sink::channel(fleetlet::telemetry::DEFAULT_INTAKE_CAPACITY);
+    let svc = fleetlet::runtime::Services {
+        config: Arc::new(fleetlet::config::Config::default()),
+        data,
+        db,
+        cancel: tokio_util::sync::CancellationToken::new(),
+        tracker: tokio_util::task::TaskTracker::new(),
+        status: fleetlet::status::Registry::new(),
+        telemetry: sink.clone(),
+        boot_id: fleetlet::runtime::new_boot_id(),
+        liveness: fleetlet::liveness::Liveness::new(),
+        ops: Default::default(),
+    };
+    let _telemetry = fleetlet::telemetry::start(
+        &svc,
+        &fleetlet::telemetry::Config::default(),
+        fleetlet::telemetry::Inputs {
+            intake: rx,
+            link: None,
+            quarantine,
+        },
+    )
+    .await
+    .unwrap();
+    let forward = if arg("--idle", "no") == "yes" {
+        vec![]
+    } else {
+        vec![Forward {
+            topic: topic.clone(),
+            msg_type: "std_msgs/msg/String".into(),
+            max_rate_hz: max_rate,
+            fields: vec![],
+            priority: Priority::Bulk,
+            stream: None,
+        }]
+    };
+    let cfg = fleetlet::ros2::Config {
+        node_name: "fleetlet_bench".into(),
+        forward,
+        ..fleetlet::ros2::Config::default()
+    };
+    let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let count = |f: fn(&fleetlet::ros2::bridge::Counters) -> u64| {
+        ros.bridged.iter().map(|b| f(&b.counters)).sum::<u64>()
+    };
+    let (r0, f0) = (
+        count(|c| c.received.load(Ordering::Relaxed)),
+        count(|c| c.forwarded.load(Ordering::Relaxed)),
+    );
+    let (c0, t0) = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let (c1, el) = (cpu_seconds(), t0.elapsed().as_secs_f64());
+    let (r1, f1) = (
+        count(|c| c.received.load(Ordering::Relaxed)),
+        count(|c| c.forwarded.load(Ordering::Relaxed)),
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "cpu_percent": 100.0 * (c1 - c0) / el,
+            "rss_mb": status_kb("VmRSS:") as f64 / 1024.0,
+            "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
+            "anon_rss_mb": status_kb("RssAnon:") as f64 / 1024.0,
+            "file_rss_mb": status_kb("RssFile:") as f64 / 1024.0,
+            "received_hz": (r1 - r0) as f64 / el,
+            "forwarded_hz": (f1 - f0) as f64 / el,
+            "spins": ros.ros.spin_count(),
+        })
+    );
+    svc.cancel.cancel();
+    svc.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), svc.tracker.wait()).await;
+}

@@ -1,0 +1,336 @@
+//! Topic bridge: ROS 2 topics forwarded as telemetry records.
+//!
+//! Each [`Forward`] entry gets a raw subscription (bytes only, no deserialization in the spin
+//! thread). The bridge task throttles first and only deserializes the messages it keeps, so
+//! a 1 kHz topic forwarded at 10 Hz costs 10 decodes per second, not 1000. Kept messages are
+//! converted to JSON through r2r's untyped support (any type compiled into this build), cut
+//! down to the selected fields, and emitted on the entry's stream with its priority.
+//!
+//! Record payload: `{"topic": "/odom", "type": "nav_msgs/msg/Odometry", "data": {...}}`,
+//! where `data` is the whole message or `{"<field path>": value, ...}` for the selected fields.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::spin::{watch_qos, Ros2};
+use super::Error;
+use crate::telemetry::{Priority, Sink};
+
+/// A forwarded topic (same shape as the workload manifest's `[[forward]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// Fully qualified topic.
+    pub topic: String,
+    /// Message type, `pkg/msg/Type`.
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    /// At most this many records per second (unset: every message).
+    #[serde(default)]
+    pub max_rate_hz: Option<f64>,
+    /// Dotted field paths to keep (`pose.pose.position`); empty keeps everything.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Telemetry priority.
+    #[serde(default = "default_priority")]
+    pub priority: Priority,
+    /// Stream name; default `ros` + topic.
+    #[serde(default)]
+    pub stream: Option<String>,
+}
+
+fn default_priority() -> Priority {
+    Priority::Bulk
+}
+
+impl Forward {
+    /// The telemetry stream.
+    pub fn stream_name(&self) -> String {
+        self.stream
+            .clone()
+            .unwrap_or_else(|| format!("ros{}", self.topic))
+    }
+
+    /// Problems as `(key, message)`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if !self.topic.starts_with('/') {
+            out.push((
+                "topic".into(),
+                format!("{:?} must be absolute (start with /)", self.topic),
+            ));
+        }
+        if self.msg_type.split('/').count() != 3 {
+            out.push((
+                "type".into(),
+                format!("{:?} is not pkg/msg/Type", self.msg_type),
+            ));
+        }
+        if let Some(r) = self.max_rate_hz {
+            if !(r.is_finite() && r > 0.0) {
+                out.push(("max_rate_hz".into(), format!("{r} must be > 0")));
+            }
+        }
+        out
+    }
+}
+
+/// Throttle: lets through at most `rate` events per second on average, evenly spaced.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Throttle {
+    /// `None` lets everything through.
+    pub fn new(max_rate_hz: Option<f64>) -> Self {
+        Self {
+            interval: max_rate_hz
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: None,
+        }
+    }
+
+    /// Whether an event at `now` passes.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let Some(iv) = self.interval else {
+            return true;
+        };
+        match self.next {
+            Some(next) if now < next => false,
+            Some(next) => {
+                // Keep the schedule (accurate average rate) unless we fell behind by more than
+                // one interval (a pause in the source): then restart from now.
+                self.next = Some(if now.duration_since(next) > iv {
+                    now + iv
+                } else {
+                    next + iv
+                });
+                true
+            }
+            None => {
+                self.next = Some(now + iv);
+                true
+            }
+        }
+    }
+}
+
+/// Picks `paths` out of `msg` (`a.b.c`; array indexes as numbers: `poses.0.x`).
+/// Missing paths are `null`.
+pub fn select_fields(msg: &Value, paths: &[String]) -> Value {
+    if paths.is_empty() {
+        return msg.clone();
+    }
+    let mut out = serde_json::Map::new();
+    for p in paths {
+        let mut cur = Some(msg);
+        for seg in p.split('.') {
+            cur = cur.and_then(|v| match v {
+                Value::Object(m) => m.get(seg),
+                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            });
+        }
+        out.insert(p.clone(), cur.cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+/// Counters of one bridged topic.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Records emitted.
+    pub forwarded: AtomicU64,
+    /// Messages dropped by the throttle.
+    pub throttled: AtomicU64,
+    /// Messages that could not be decoded.
+    pub decode_errors: AtomicU64,
+}
+
+/// A running bridge entry.
+#[derive(Debug, Clone)]
+pub struct Bridged {
+    /// The entry.
+    pub forward: Forward,
+    /// Its counters.
+    pub counters: Arc<Counters>,
+}
+
+/// Starts forwarding every entry.
+///
+/// # Errors
+/// [`Error::UnknownType`] for a type not compiled in, [`Error::Rcl`] when subscribing fails.
+pub async fn start(
+    ros: &Ros2,
+    forwards: &[Forward],
+    sink: Sink,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Vec<Bridged>, Error> {
+    let mut out = Vec::new();
+    for f in forwards {
+        let topic = f.topic.clone();
+        let ty = f.msg_type.clone();
+        let stream = ros
+            .with_node(move |n| {
+                if let Err(e) = r2r::WrappedNativeMsgUntyped::new_from(&ty) {
+                    return Err(Error::UnknownType {
+                        topic,
+                        msg_type: ty,
+                        reason: e.to_string(),
+                    });
+                }
+                n.subscribe_raw(&topic, &ty, watch_qos())
+                    .map_err(|e| Error::rcl(format!("subscribe {topic} ({ty})"), e))
+            })
+            .await??;
+        let counters = Arc::new(Counters::default());
+        let b = Bridged {
+            forward: f.clone(),
+            counters: counters.clone(),
+        };
+        tracker.spawn(run_entry(
+            f.clone(),
+            stream,
+            counters,
+            sink.clone(),
+            cancel.clone(),
+        ));
+        out.push(b);
+    }
+    Ok(out)
+}
+
+async fn run_entry(
+    f: Forward,
+    mut stream: impl futures::Stream<Item = Vec<u8>> + Unpin,
+    counters: Arc<Counters>,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
+    let stream_name = f.stream_name();
+    let mut throttle = Throttle::new(f.max_rate_hz);
+    loop {
+        let bytes = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = stream.next() => match m { Some(b) => b, None => break },
+        };
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        if !throttle.admit(Instant::now()) {
+            counters.throttled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match decode(&f.msg_type, &bytes) {
+            Ok(v) => {
+                sink.emit(
+                    &stream_name,
+                    f.priority,
+                    json!({"topic": f.topic, "type": f.msg_type, "data": select_fields(&v, &f.fields)}),
+                );
+                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if counters.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(topic = %f.topic, error = %e, "cannot decode bridged message");
+                }
+            }
+        }
+    }
+}
+
+/// Serialized (CDR) bytes of a message of type `ty` → JSON.
+///
+/// # Errors
+/// The r2r error (type unknown or bytes not a valid message).
+pub fn decode(ty: &str, bytes: &[u8]) -> Result<Value, r2r::Error> {
+    let mut msg = r2r::WrappedNativeMsgUntyped::new_from(ty)?;
+    msg.from_serialized_bytes(bytes)?;
+    msg.to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_keeps_the_average_rate_of_a_faster_source() {
+        let mut t = Throttle::new(Some(10.0));
+        let start = Instant::now();
+        // a 1 kHz source for 10 s
+        let admitted = (0..10_000)
+            .filter(|i| t.admit(start + Duration::from_millis(*i)))
+            .count();
+        assert!((100..=101).contains(&admitted), "{admitted}");
+        let mut all = Throttle::new(None);
+        assert!((0..100).all(|i| all.admit(start + Duration::from_micros(i))));
+    }
+
+    #[test]
+    fn throttle_restarts_after_a_pause_instead_of_bursting() {
+        let mut t = Throttle::new(Some(10.0));
+        let s = Instant::now();
+        assert!(t.admit(s));
+        assert!(!t.admit(s + Duration::from_millis(50)));
+        assert!(t.admit(s + Duration::from_millis(100)));
+        // 5 s pause, then a 1 kHz burst: only one message in the first 100 ms
+        let resume = s + Duration::from_secs(5);
+        let n = (0..100)
+            .filter(|i| t.admit(resume + Duration::from_millis(*i)))
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn field_selection_picks_paths_and_nulls_missing_ones() {
+        let v = json!({"pose": {"pose": {"position": {"x": 1.0, "y": 2.0}}}, "poses": [{"x": 5}]});
+        let s = select_fields(
+            &v,
+            &[
+                "pose.pose.position".into(),
+                "poses.0.x".into(),
+                "nope.x".into(),
+            ],
+        );
+        assert_eq!(
+            s,
+            json!({"pose.pose.position": {"x": 1.0, "y": 2.0}, "poses.0.x": 5, "nope.x": null})
+        );
+        assert_eq!(select_fields(&v, &[]), v);
+    }
+
+    #[test]
+    fn forward_problems_name_the_key() {
+        let f = Forward {
+            topic: "odom".into(),
+            msg_type: "Odometry".into(),
+            max_rate_hz: Some(0.0),
+            fields: vec![],
+            priority: Priority::Bulk,
+            stream: None,
+        };
+        let keys: Vec<String> = f.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["topic", "type", "max_rate_hz"]);
+    }
+
+    #[test]
+    fn typed_message_bytes_decode_to_json() {
+        let msg = r2r::std_msgs::msg::String { data: "hi".into() };
+        let bytes = r2r::WrappedTypesupport::to_serialized_bytes(&msg).unwrap();
+        let v = decode("std_msgs/msg/String", &bytes).unwrap();
+        assert_eq!(v, json!({"data": "hi"}));
+        let e = decode("nope_msgs/msg/Nope", &bytes).unwrap_err();
+        assert!(!e.to_string().is_empty());
+    }
+}
