@@ -54,8 +54,9 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_secs(secs));
     let (dt, dc) = (t0.elapsed().as_secs_f64(), cpu_ticks(agent.pid())? - c0);
     let cpu_pct = dc as f64 / hz / dt * 100.0;
-    let rec = agent.wait_record("mcu record with rtt", Duration::from_secs(5), |r| {
-        r["stream"] == "mcu" && r["payload"]["heartbeats_sent"].as_u64().unwrap_or(0) > 600
+    // The first `mcu` record covering the whole window (RTT over its last 512 samples).
+    let rec = agent.wait_record("mcu record with rtt", Duration::from_secs(secs + 10), |r| {
+        r["stream"] == "mcu" && r["payload"]["heartbeats_sent"].as_u64().unwrap_or(0) >= 50 * secs
     })?;
     let p = &rec["payload"];
     let ms = |v: &serde_json::Value| v.as_f64().map(|us| us / 1000.0).unwrap_or(f64::NAN);
