@@ -239,6 +239,10 @@ pub struct Config {
     /// `[mqtt]` (link to the fleet broker)
     pub mqtt: crate::mqtt::Config,
     // ---- end telemetry ----
+    /// `[serial]` (link to the safety MCU)
+    pub serial: crate::serial::Config,
+    /// `[hal]` (board GPIO)
+    pub hal: crate::hal::Config,
     // ---- ros2 ----
     /// `[ros2]` (only with the `ros2` feature)
     #[cfg(feature = "ros2")]
@@ -256,6 +260,8 @@ const SECTIONS: &[&str] = &[
     "telemetry",
     "mqtt",
     "bundle",
+    "serial",
+    "hal",
 ];
 // ---- ros2 ----
 #[cfg(feature = "ros2")]
@@ -267,6 +273,8 @@ const SECTIONS: &[&str] = &[
     "telemetry",
     "mqtt",
     "bundle",
+    "serial",
+    "hal",
     "ros2",
 ];
 // ---- end ros2 ----
@@ -321,6 +329,8 @@ impl Config {
         self.supervisor.validate(problems);
         // ---- bundle ----
         self.bundle.validate(problems);
+        self.serial.validate(problems);
+        self.hal.validate(problems);
         // ---- end bundle ----
         // ---- ros2 ----
         #[cfg(feature = "ros2")]
@@ -543,6 +553,8 @@ impl Layered {
             telemetry: self.section("telemetry"),
             mqtt: self.section("mqtt"),
             // ---- end telemetry ----
+            serial: self.section("serial"),
+            hal: self.section("hal"),
             // ---- ros2 ----
             #[cfg(feature = "ros2")]
             ros2: self.section("ros2"),

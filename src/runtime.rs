@@ -61,6 +61,12 @@ pub enum Error {
     /// The supervisor refused its configuration.
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::Error),
+    /// The MCU link refused its configuration.
+    #[error(transparent)]
+    Serial(#[from] crate::serial::Error),
+    /// The GPIO backend could not be opened.
+    #[error(transparent)]
+    Hal(#[from] crate::hal::Error),
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
@@ -222,6 +228,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     // ---- end telemetry ----
 
+    // Safety MCU link and board GPIO.
+    let _hal = crate::hal::start(&svc, &config.hal).await?;
+    let _mcu = crate::serial::start(
+        &svc,
+        &config.serial,
+        Arc::new(SupervisedWorkload(supervisor.clone())),
+    )
+    .await?;
+
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(
         &svc.data.socket(),
@@ -287,6 +302,59 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::ShutdownTimeout(deadline))
+    }
+}
+
+/// The MCU link's view of the workload: health and readiness from the supervisor's
+/// snapshot, e-stop actions through its handle.
+struct SupervisedWorkload(crate::supervisor::Handle);
+
+impl SupervisedWorkload {
+    fn all(
+        &self,
+        names: &[String],
+        ok: impl Fn(&crate::supervisor::ProcessStatus) -> bool,
+    ) -> bool {
+        let snap = self.0.snapshot();
+        names.iter().all(|n| snap.processes.get(n).is_some_and(&ok))
+    }
+
+    fn act(&self, name: &str, op: &'static str) -> crate::serial::ActionFuture {
+        let sup = self.0.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let r = match op {
+                "pause" => sup.pause(&name).await,
+                "resume" => sup.resume(&name).await,
+                "stop" => sup.stop(&name).await,
+                _ => sup.start(&name).await,
+            };
+            r.map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl crate::serial::Workload for SupervisedWorkload {
+    fn motion_ok(&self, names: &[String]) -> bool {
+        use crate::supervisor::ProcessState::{Ready, Running, Starting};
+        self.all(names, |p| {
+            p.healthy && matches!(p.state, Starting | Running | Ready)
+        })
+    }
+    fn motion_ready(&self, names: &[String]) -> bool {
+        self.all(names, |p| p.ready && p.healthy)
+    }
+    fn pause(&self, name: &str) -> crate::serial::ActionFuture {
+        self.act(name, "pause")
+    }
+    fn resume(&self, name: &str) -> crate::serial::ActionFuture {
+        self.act(name, "resume")
+    }
+    fn stop(&self, name: &str) -> crate::serial::ActionFuture {
+        self.act(name, "stop")
+    }
+    fn start(&self, name: &str) -> crate::serial::ActionFuture {
+        self.act(name, "start")
     }
 }
 

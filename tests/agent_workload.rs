@@ -217,3 +217,41 @@ fn unsigned_workload_is_refused_unless_allowed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn mcu_link_without_its_port_degrades_but_the_agent_runs_and_refuses_arm_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("fleetlet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[serial]\nenabled = true\nport = \"{}\"\nestop = {{ action = \"none\" }}\n",
+            dir.path().join("data").display(),
+            dir.path().join("no-such-tty").display()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("serial degraded", || {
+        get(port, "/v1/status")
+            .is_some_and(|_| status(port)["subsystems"]["serial"]["state"] == "degraded")
+    });
+    assert_eq!(status(port)["subsystems"]["hal"]["state"], "running");
+    let out = Command::new(BIN)
+        .args(["ctl", "mcu.arm", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mcu.arm"), "{err}");
+}
