@@ -347,3 +347,28 @@ fn control_socket_is_private_and_answers_ctl() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operation `no.such.op`"));
 }
+
+#[test]
+fn config_check_redacts_the_mqtt_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        free_port(),
+        "[mqtt]\nhost = \"broker.example\"\nusername = \"robot\"\npassword = \"hunter2-secret\"\n",
+    );
+    let out = fleetlet(&["config", "check", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("hunter2-secret"),
+        "password printed in clear:\n{text}"
+    );
+    assert!(
+        text.contains("<redacted>") && text.contains("broker.example"),
+        "{text}"
+    );
+}
