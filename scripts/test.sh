@@ -44,8 +44,8 @@ for s in scripts/test.d/*.sh; do
   bash "$s"
 done
 
-step "cargo test --workspace"
-cargo test --workspace
+step "cargo test --workspace (HIL suite already ran above)"
+cargo test --workspace --exclude hil-tests   # the HIL suite ran in test.d/40-firmware.sh
 
 step "aarch64 release build, run under qemu-aarch64"
 cargo build --release --target aarch64-unknown-linux-gnu --bin fleetlet
