@@ -398,40 +398,60 @@ fn host_with_other_protocol_version_is_refused_by_firmware() {
         let n = proto::encode(seq, &m, &mut out).unwrap();
         wr.write_all(&out[..n]).unwrap();
     };
-    send(
-        1,
-        HostMsg::Hello {
-            protocol: PROTOCOL_VERSION + 1,
-            agent: proto::Version::new(9, 9, 9),
-        },
-    );
-    for seq in 2..8 {
-        send(seq, HostMsg::Heartbeat);
-        send(seq + 100, HostMsg::RequestEnable);
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let mut port = f;
     let mut dec = proto::Decoder::<McuMsg>::new();
-    let (mut ack, mut refusals) = (None, 0);
-    let deadline = Instant::now() + Duration::from_secs(3);
     let mut buf = [0u8; 256];
-    while Instant::now() < deadline && (ack.is_none() || refusals < 6) {
-        let n = port.read(&mut buf).unwrap_or(0);
-        for b in &buf[..n] {
-            if let Some(Ok(f)) = dec.push(*b) {
-                match f.msg {
-                    McuMsg::HelloAck {
-                        protocol, accepted, ..
-                    } => ack = Some((protocol, accepted)),
-                    McuMsg::Refused { reason, .. } => {
-                        assert_eq!(reason, Refusal::ProtocolMismatch);
-                        refusals += 1;
+    // Read frames for `window`, checking every one: motors never on, and every refusal is
+    // for the protocol mismatch once the firmware has seen our Hello.
+    let mut pump =
+        |window: Duration, hello_seen: bool, ack: &mut Option<(u16, bool)>, refusals: &mut u32| {
+            let until = Instant::now() + window;
+            while Instant::now() < until {
+                let n = port.read(&mut buf).unwrap_or(0);
+                for b in &buf[..n] {
+                    if let Some(Ok(f)) = dec.push(*b) {
+                        match f.msg {
+                            McuMsg::HelloAck {
+                                protocol, accepted, ..
+                            } => *ack = Some((protocol, accepted)),
+                            McuMsg::Refused { reason, .. } => {
+                                if hello_seen {
+                                    assert_eq!(reason, Refusal::ProtocolMismatch);
+                                    *refusals += 1;
+                                }
+                            }
+                            McuMsg::Status(s) => assert!(!s.motor_enabled),
+                            McuMsg::HeartbeatAck { motor_enabled, .. } => assert!(!motor_enabled),
+                        }
                     }
-                    McuMsg::Status(s) => assert!(!s.motor_enabled),
-                    McuMsg::HeartbeatAck { motor_enabled, .. } => assert!(!motor_enabled),
                 }
             }
-        }
+        };
+    // The Hello is repeated until the firmware answers it: on a loaded machine QEMU may
+    // still be booting when the port opens, and a frame sent before its UART runs is lost.
+    let (mut ack, mut refusals) = (None, 0u32);
+    let boot_deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 1;
+    while ack.is_none() && Instant::now() < boot_deadline {
+        send(
+            seq,
+            HostMsg::Hello {
+                protocol: PROTOCOL_VERSION + 1,
+                agent: proto::Version::new(9, 9, 9),
+            },
+        );
+        seq += 1;
+        pump(Duration::from_millis(200), false, &mut ack, &mut refusals);
+    }
+    for _ in 0..6 {
+        send(seq, HostMsg::Heartbeat);
+        send(seq + 100, HostMsg::RequestEnable);
+        seq += 1;
+        pump(Duration::from_millis(50), true, &mut ack, &mut refusals);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && refusals < 6 {
+        pump(Duration::from_millis(50), true, &mut ack, &mut refusals);
     }
     assert_eq!(ack, Some((PROTOCOL_VERSION, false)));
     assert_eq!(refusals, 6, "every enable request refused");
