@@ -63,7 +63,8 @@ async fn processes_start_in_dependency_order_and_stop_in_reverse() {
         pos("start a") < pos("start b") && pos("start b") < pos("start c"),
         "{j:?}"
     );
-    assert!(pos("start a") < pos("start d"), "{j:?}");
+    // d_side depends on a_base with "started": only the spawn order is guaranteed, not the
+    // order in which the two shells write their journal lines.
     rig.handle.shutdown().await.unwrap();
     let j = lines(&journal);
     let pos = |l: &str| {
