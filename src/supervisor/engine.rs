@@ -817,11 +817,11 @@ impl Actor {
                 r = child.wait() => {
                     exit = Some(r.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0)));
                     checks.cancel();
-                    // The leader is gone; anything left in its group goes too before a restart.
+                    // The leader is gone; anything left in its session goes too before a restart.
                     let mut rest = None;
-                    if process::group_alive(pgid, None) {
-                        self.set_state(ProcessState::Stopping, Some("leader exited; stopping the rest of its group".into()));
-                        rest = Some(process::stop_group(pgid, &mut child, &mut exit, &self.spec.stop, paused).await);
+                    if process::session_alive(pgid, None) {
+                        self.set_state(ProcessState::Stopping, Some("leader exited; stopping the rest of its session".into()));
+                        rest = Some(process::stop_session(pgid, &mut child, &mut exit, &self.spec.stop, paused).await);
                     }
                     let info = self.exit_info(exit.as_ref(), started);
                     let failure = !info.success();
@@ -900,7 +900,7 @@ impl Actor {
                             break RunEnd::Restart(reply);
                         }
                         Op::Pause if !paused => {
-                            match process::signal_group(pgid, nix::sys::signal::Signal::SIGSTOP) {
+                            match process::signal_session(pgid, nix::sys::signal::Signal::SIGSTOP) {
                                 Ok(()) => {
                                     paused = true;
                                     checks.cancel();
@@ -911,7 +911,7 @@ impl Actor {
                             }
                         }
                         Op::Resume if paused => {
-                            match process::signal_group(pgid, nix::sys::signal::Signal::SIGCONT) {
+                            match process::signal_session(pgid, nix::sys::signal::Signal::SIGCONT) {
                                 Ok(()) => {
                                     paused = false;
                                     checks = CancellationToken::new();
@@ -959,7 +959,7 @@ impl Actor {
         why: &str,
     ) {
         self.set_state(ProcessState::Stopping, Some(why.to_owned()));
-        let report = process::stop_group(pgid, child, exit, &self.spec.stop, paused).await;
+        let report = process::stop_session(pgid, child, exit, &self.spec.stop, paused).await;
         let note = format!(
             "[fleetlet] stop ({why}): sent {} in {} ms{}",
             signals(&report.sent),
