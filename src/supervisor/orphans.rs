@@ -164,13 +164,14 @@ pub(crate) async fn clean_leftovers(tree: sled::Tree) -> Vec<Leftover> {
                         Signal::SIGKILL as i32,
                         process::KILL_WAIT.as_millis() as u64,
                     ));
+                    let mut tree = process::Tree::new(r.pgid);
                     for (sig, ms) in ladder {
                         let Ok(sig) = Signal::try_from(sig) else {
                             continue;
                         };
-                        let _ = process::signal_session(r.pgid, sig);
+                        let _ = tree.signal(sig);
                         sent.push(sig.as_str());
-                        if process::wait_session_gone(r.pgid, Duration::from_millis(ms)).await {
+                        if tree.wait_gone(Duration::from_millis(ms)).await {
                             gone = true;
                             break;
                         }

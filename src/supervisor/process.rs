@@ -188,35 +188,120 @@ fn is_live(p: &ProcStat) -> bool {
     p.state != 'Z' && p.state != 'X'
 }
 
-/// Sends `sig` to the whole tree of session `sid`: the group `sid` with one `killpg`, and
-/// every other group a live member is in. A tree that is already gone is not an error.
+/// Sends `sig` to the whole tree of session `sid` once (see [`Tree::signal`]). A tree that
+/// is already gone is not an error.
 ///
 /// # Errors
 /// The first error other than "no such process" (EPERM: a member changed its credentials).
 pub(crate) fn signal_session(sid: i32, sig: Signal) -> nix::Result<()> {
-    let mut first_err = None;
-    let mut note = |r: nix::Result<()>| match r {
-        Err(Errno::ESRCH) | Ok(()) => {}
-        Err(e) => {
-            first_err.get_or_insert(e);
+    Tree::new(sid).signal(sig)
+}
+
+/// The tree of session `sid` through a stop: remembers every member it signalled (pid and
+/// start time), so one that drops out of the tree mid-stop — a `setsid` grandchild whose
+/// parent died of the first signal is reparented away — is still signalled and waited for.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    sid: i32,
+    seen: BTreeMap<i32, u64>,
+}
+
+impl Tree {
+    pub(crate) fn new(sid: i32) -> Self {
+        Self {
+            sid,
+            seen: BTreeMap::new(),
         }
+    }
+
+    /// Remembered members that are still the same live process.
+    fn seen_alive(&self) -> impl Iterator<Item = i32> + '_ {
+        self.seen.iter().filter_map(|(pid, start)| {
+            proc_stat(*pid)
+                .filter(|s| s.starttime == *start && is_live(s))
+                .map(|_| *pid)
+        })
+    }
+
+    /// Sends `sig` to the group `sid` with one `killpg`, to every other group a live member
+    /// of the tree is in, and to remembered members that left the tree.
+    ///
+    /// # Errors
+    /// The first error other than "no such process".
+    pub(crate) fn signal(&mut self, sig: Signal) -> nix::Result<()> {
+        let mut first_err = None;
+        let mut note = |r: nix::Result<()>| match r {
+            Err(Errno::ESRCH) | Ok(()) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        };
+        // Scan before any signal: a member killed first would orphan its children, and a
+        // `setsid` grandchild reparented away is no longer found by parent pid.
+        let members = session_members(self.sid);
+        note(killpg(Pid::from_raw(self.sid), sig));
+        let own_group = nix::unistd::getpgrp().as_raw();
+        let mut groups = BTreeSet::new();
+        for m in members.iter().filter(|m| is_live(m)) {
+            self.seen.insert(m.pid, m.starttime);
+            if m.pgrp != self.sid && m.pgrp != own_group && m.pgrp > 1 {
+                groups.insert(m.pgrp);
+            } else if m.pgrp == own_group {
+                // Cannot happen (a group belongs to one session, and ours is not `sid`);
+                // never signal the agent's own group, reach the member alone.
+                note(kill(Pid::from_raw(m.pid), sig));
+            }
+        }
+        for g in groups {
+            note(killpg(Pid::from_raw(g), sig));
+        }
+        let strays: Vec<i32> = self
+            .seen_alive()
+            .filter(|pid| !members.iter().any(|m| m.pid == *pid))
+            .collect();
+        for pid in strays {
+            note(kill(Pid::from_raw(pid), sig));
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether any live member of the tree, or a remembered member, is left.
+    pub(crate) fn alive(&self) -> bool {
+        session_alive(self.sid, None) || self.seen_alive().next().is_some()
+    }
+
+    /// Waits, without a child handle, until the tree is gone (leftovers of another agent).
+    pub(crate) async fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = Duration::from_millis(5);
+        loop {
+            if !self.alive() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether the tree of session `sid` may have members, cheaply: one `killpg(sid, 0)` probe
+/// and one `getsid()` per pid, no `/proc/<pid>/stat` read (about 20 times cheaper than
+/// [`session_members`]; this runs after every exit, on the restart path). `false` is exact:
+/// with no member in the session or the group `sid`, the tree (those plus their
+/// descendants) is empty.
+fn tree_may_exist(sid: i32) -> bool {
+    if killpg(Pid::from_raw(sid), None) != Err(Errno::ESRCH) {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return true;
     };
-    note(killpg(Pid::from_raw(sid), sig));
-    let own_group = nix::unistd::getpgrp().as_raw();
-    let mut groups = BTreeSet::new();
-    for m in session_members(sid).iter().filter(|m| is_live(m)) {
-        if m.pgrp != sid && m.pgrp != own_group && m.pgrp > 1 {
-            groups.insert(m.pgrp);
-        } else if m.pgrp == own_group {
-            // Cannot happen (a group belongs to one session, and ours is not `sid`); never
-            // signal the agent's own group, reach the member alone.
-            note(kill(Pid::from_raw(m.pid), sig));
-        }
-    }
-    for g in groups {
-        note(killpg(Pid::from_raw(g), sig));
-    }
-    first_err.map_or(Ok(()), Err)
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| nix::unistd::getsid(Some(Pid::from_raw(pid))).map(Pid::as_raw) == Ok(sid))
 }
 
 /// Whether any live (non-zombie) member of the tree of session `sid` is left. Zombie
@@ -224,6 +309,9 @@ pub(crate) fn signal_session(sid: i32, sig: Signal) -> nix::Result<()> {
 /// here: they are grandchildren reparented to the agent (PID 1 in a container, or a
 /// subreaper).
 pub(crate) fn session_alive(sid: i32, leader: Option<i32>) -> bool {
+    if !tree_may_exist(sid) {
+        return false;
+    }
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     let mut alive = false;
     for m in session_members(sid) {
@@ -271,18 +359,19 @@ pub(crate) async fn stop_session(
     if ladder.last().map(|s| s.signal.0) != Some(Signal::SIGKILL) {
         ladder.push(kill_step);
     }
+    let mut tree = Tree::new(sid);
     for step in &ladder {
-        if exit.is_some() && !session_alive(sid, None) {
+        if exit.is_some() && !tree.alive() {
             break;
         }
-        if let Err(e) = signal_session(sid, step.signal.0) {
+        if let Err(e) = tree.signal(step.signal.0) {
             tracing::warn!(sid, signal = %step.signal.0, error = %e, "cannot signal every process of the session");
         }
         if resume {
-            let _ = signal_session(sid, Signal::SIGCONT);
+            let _ = tree.signal(Signal::SIGCONT);
         }
         sent.push(step.signal.0);
-        if wait_gone(sid, child, exit, step.timeout).await {
+        if wait_gone(&tree, child, exit, step.timeout).await {
             return StopReport {
                 sent,
                 gone: true,
@@ -290,7 +379,7 @@ pub(crate) async fn stop_session(
             };
         }
     }
-    let gone = exit.is_some() && !session_alive(sid, None);
+    let gone = exit.is_some() && !tree.alive();
     StopReport {
         sent,
         gone,
@@ -299,8 +388,8 @@ pub(crate) async fn stop_session(
 }
 
 /// Waits until the leader is reaped and no live member of the tree is left, up to `timeout`.
-pub(crate) async fn wait_gone(
-    sid: i32,
+async fn wait_gone(
+    tree: &Tree,
     child: &mut Child,
     exit: &mut Option<ExitStatus>,
     timeout: Duration,
@@ -317,7 +406,7 @@ pub(crate) async fn wait_gone(
                 _ = tokio::time::sleep_until(deadline) => return false,
             }
         }
-        if !session_alive(sid, None) {
+        if !tree.alive() {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -325,22 +414,6 @@ pub(crate) async fn wait_gone(
         }
         tokio::time::sleep(poll.min(deadline - tokio::time::Instant::now())).await;
         poll = (poll * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// Waits, without a child handle, until the tree is gone (leftovers of another agent).
-pub(crate) async fn wait_session_gone(sid: i32, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut poll = Duration::from_millis(5);
-    loop {
-        if !session_alive(sid, None) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -366,6 +439,42 @@ mod tests {
             (s.state, s.ppid, s.pgrp, s.session, s.starttime),
             ('S', 1, 4242, 4242, 987654)
         );
+    }
+
+    fn p(pid: i32, ppid: i32, pgrp: i32, session: i32) -> ProcStat {
+        ProcStat {
+            pid,
+            state: 'S',
+            ppid,
+            pgrp,
+            session,
+            starttime: 1,
+        }
+    }
+
+    #[test]
+    fn tree_holds_session_group_and_descendants_that_moved_out() {
+        let all = [
+            p(100, 1, 100, 100),   // the leader (pid = pgid = sid)
+            p(101, 100, 101, 100), // setpgid(0, 0): own group, same session
+            p(102, 101, 102, 102), // setsid() under 101: own session, parent in the tree
+            p(103, 102, 103, 102), // its child, further out
+            p(104, 1, 104, 100),   // orphaned session member (parent died)
+            p(200, 1, 200, 200),   // unrelated
+            p(201, 200, 200, 200), // unrelated child
+        ];
+        let mut pids: Vec<i32> = tree_of(100, &all).iter().map(|s| s.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, vec![100, 101, 102, 103, 104]);
+        assert!(tree_of(300, &all).is_empty());
+    }
+
+    #[test]
+    fn tree_never_holds_the_agent() {
+        let me = std::process::id() as i32;
+        let all = [p(100, 1, 100, 100), p(me, 100, 100, 100)];
+        let pids: Vec<i32> = tree_of(100, &all).iter().map(|s| s.pid).collect();
+        assert_eq!(pids, vec![100]);
     }
 
     #[test]
