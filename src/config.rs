@@ -331,6 +331,10 @@ impl Config {
         self.bundle.validate(problems);
         self.serial.validate(problems);
         self.hal.validate(problems);
+        // The e-stop policy also serves the board's e-stop input without an MCU.
+        if !self.serial.enabled && self.hal.estop_input.is_some() {
+            self.serial.estop.validate(problems);
+        }
         // ---- end bundle ----
         // ---- ros2 ----
         #[cfg(feature = "ros2")]
