@@ -6,6 +6,11 @@
 //! `rpi` = rppal with `--features rpi`), as the rig file's `[pins]` says. One thread owns
 //! the pins: it applies commands and polls the motor-enable input every `pins.poll`
 //! (1 ms by default), sending a [`PinEvent`] on every change.
+//!
+//! A QEMU rig boots a fresh firmware for every test; a bench board keeps its latched faults
+//! from one test to the next. So every start brings the board to the same state: e-stop
+//! released, then (with `pins.power_out`) a power cycle, else a short session on the serial
+//! port that clears latched faults (`Hello`, `ClearFault`) and leaves motor power off.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -14,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use fleetlet::hal::Gpio;
+use fleetlet::serial::Port;
+use fleetlet_proto::{self as proto, HostMsg, McuMsg, Refusal, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Image, PinEvent, Pins, RigDriver, RigFile};
 
@@ -68,7 +76,14 @@ impl BenchRig {
             }
             None => None,
         };
-        Self::with_gpio(file, image, gpio, events)
+        let mut rig = Self::with_gpio(file, image, gpio, events)?;
+        let boot = Duration::from_millis(file.timing.boot_ms);
+        if rig.pins.as_ref().is_some_and(|p| p.power_out.is_some()) {
+            rig.replug(Duration::from_millis(300), Image::Normal)?;
+        }
+        clear_latched_faults(&rig.port, file.serial.baud, boot)
+            .with_context(|| format!("rig {}: resetting the board at start", rig.name))?;
+        Ok(rig)
     }
 
     /// As [`BenchRig::start`], with the pins behind `gpio` (tests use the simulated backend).
@@ -254,4 +269,81 @@ impl Drop for BenchRig {
             let _ = t.join();
         }
     }
+}
+
+/// Opens a short session on the board's port and clears its latched faults, leaving motor
+/// power off (no enable is requested, so no heartbeat fault latches when it closes).
+///
+/// # Errors
+/// No `HelloAck` within `boot`, the e-stop is still pressed, the port cannot be opened.
+pub fn clear_latched_faults(port: &std::path::Path, baud: u32, boot: Duration) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let sp = fleetlet::serial::SerialPort::new(port.to_path_buf(), baud);
+        let io = sp
+            .open()
+            .with_context(|| format!("opening {}", port.display()))?;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut dec = proto::Decoder::<McuMsg>::new();
+        let mut buf = [0u8; 256];
+        let mut seq = 0u32;
+        let mut frame = |m: HostMsg| {
+            let mut out = [0u8; proto::MAX_FRAME];
+            let n = proto::encode(seq, &m, &mut out).map_err(|e| anyhow!("{e}"))?;
+            seq = seq.wrapping_add(1);
+            anyhow::Ok(out[..n].to_vec())
+        };
+        let hello = HostMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: proto::Version::new(0, 0, 0),
+        };
+        let deadline = tokio::time::Instant::now() + boot;
+        let mut session = false;
+        wr.write_all(&[0]).await?;
+        loop {
+            let msg = if session {
+                frame(HostMsg::ClearFault)?
+            } else {
+                frame(hello)?
+            };
+            wr.write_all(&msg).await?;
+            let until = tokio::time::Instant::now() + Duration::from_millis(200);
+            loop {
+                let n = tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(deadline)) => break,
+                    r = rd.read(&mut buf) => r?,
+                };
+                for b in &buf[..n] {
+                    match dec.push(*b) {
+                        Some(Ok(f)) => match f.msg {
+                            McuMsg::HelloAck { accepted: true, .. } => session = true,
+                            McuMsg::HelloAck { protocol, .. } => bail!(
+                                "the board speaks protocol {protocol}, this suite {PROTOCOL_VERSION}"
+                            ),
+                            McuMsg::Status(s) if session && s.faults.is_empty() => {
+                                return Ok(());
+                            }
+                            McuMsg::Refused {
+                                reason: Refusal::EstopPressed,
+                                ..
+                            } if session => bail!(
+                                "the board reports its e-stop pressed (check the e-stop loop and pins.estop_out_active_low)"
+                            ),
+                            _ => {}
+                        },
+                        Some(Err(_)) | None => {}
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "no {} from the board on {} within {boot:?}",
+                    if session { "fault clear" } else { "HelloAck" },
+                    port.display()
+                );
+            }
+        }
+    })
 }
