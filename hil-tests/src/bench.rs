@@ -316,8 +316,8 @@ pub fn clear_latched_faults(port: &std::path::Path, baud: u32, boot: Duration) -
                     r = rd.read(&mut buf) => r?,
                 };
                 for b in &buf[..n] {
-                    match dec.push(*b) {
-                        Some(Ok(f)) => match f.msg {
+                    if let Some(Ok(f)) = dec.push(*b) {
+                        match f.msg {
                             McuMsg::HelloAck { accepted: true, .. } => session = true,
                             McuMsg::HelloAck { protocol, .. } => bail!(
                                 "the board speaks protocol {protocol}, this suite {PROTOCOL_VERSION}"
@@ -332,8 +332,7 @@ pub fn clear_latched_faults(port: &std::path::Path, baud: u32, boot: Duration) -
                                 "the board reports its e-stop pressed (check the e-stop loop and pins.estop_out_active_low)"
                             ),
                             _ => {}
-                        },
-                        Some(Err(_)) | None => {}
+                        }
                     }
                 }
             }
