@@ -176,6 +176,28 @@ fn agent_killed_with_sigkill_cuts_motor_power_within_heartbeat_timeout() {
     );
 }
 
+/// The bench rig's start-of-test reset (a session that clears latched faults) against the
+/// firmware: after it, a new agent auto-enables again, which a latched fault forbids.
+#[test]
+fn board_reset_session_clears_latched_faults_and_leaves_power_off() {
+    let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
+        return;
+    };
+    let mut first = agent(&rig, &[]);
+    until_armed(&mut rig, &mut first);
+    first.kill();
+    rig.wait_pins("motor disabled", Duration::from_secs(3), |p| {
+        !p.motor_enabled
+    })
+    .unwrap();
+    hil_tests::bench::clear_latched_faults(&rig.agent_port(), rig.file.serial.baud, boot(&rig))
+        .unwrap();
+    let held = rig.watch_pins(Duration::from_millis(300));
+    assert!(held.iter().all(|p| !p.motor_enabled), "{held:?}");
+    let mut second = agent(&rig, &[]);
+    until_armed(&mut rig, &mut second);
+}
+
 #[test]
 fn stalled_agent_event_loop_cuts_motor_power_and_recovery_does_not_resume_it() {
     let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
