@@ -90,6 +90,20 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until `pid` is stopped (`T`): SIGSTOP is delivered asynchronously, so the step
+/// being reported done can precede the state change in /proc by a scheduling slice.
+fn until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proc_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not stopped: {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits until the agent has handshaken and the MCU reports motor power on.
 fn until_armed(rig: &mut Rig, agent: &mut Agent) {
     agent.wait_event("mcu_connected", boot(rig)).unwrap();
@@ -288,8 +302,8 @@ fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
         assert_eq!(step["payload"]["ok"], true, "{step}");
         assert_eq!(step["priority"], "critical");
     }
-    assert_eq!(proc_state(nav.pid()), Some('T'));
-    assert_eq!(proc_state(planner.pid()), Some('T'));
+    until_stopped(nav.pid());
+    until_stopped(planner.pid());
 
     // Releasing the button does not resume anything: the e-stop is latched.
     rig.set_estop(false).unwrap();
@@ -400,8 +414,8 @@ fn estop_input_on_the_agent_host_cuts_motor_power_through_the_mcu_and_pauses_pro
             )
             .unwrap();
     }
-    assert_eq!(proc_state(nav.pid()), Some('T'));
-    assert_eq!(proc_state(planner.pid()), Some('T'));
+    until_stopped(nav.pid());
+    until_stopped(planner.pid());
 
     if rig.missing(Capability::PressEstop).is_none() {
         // The MCU's own e-stop too; then the input is released: the MCU's latch keeps the
