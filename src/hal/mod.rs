@@ -499,7 +499,13 @@ pub async fn start(
     })??;
     let handle = driver.spawn(svc.cancel.child_token())?;
     if let Some(pin) = cfg.estop_input {
-        forward_estop(&handle, estop, pin, &svc.tracker, svc.cancel.child_token());
+        forward_estop(
+            &handle,
+            estop.clone(),
+            pin,
+            &svc.tracker,
+            svc.cancel.child_token(),
+        );
     }
     reporter.set_state(crate::status::SubsystemState::Running);
     reporter.set_detail(serde_json::json!({ "backend": cfg.backend, "chip": (cfg.backend == Backend::Cdev).then(|| cfg.chip.display().to_string()), "status_led": cfg.status_led, "estop_input": cfg.estop_input, "sensor_relay": cfg.sensor_relay }));
@@ -510,6 +516,7 @@ pub async fn start(
         svc.telemetry.clone(),
         svc.cancel.child_token(),
     );
+    let engine = estop;
     svc.tracker.spawn(async move {
         let mut estop = h.estop();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -524,7 +531,8 @@ pub async fn start(
                 }
             }
             let snap = status.snapshot();
-            let pressed = *estop.borrow();
+            // The e-stop code shows for any source (this pin or the MCU).
+            let pressed = *estop.borrow() || engine.state().engaged();
             h.set_pattern(Pattern::for_states(snap.iter().filter(|(k, _)| **k != "hal").map(|(_, r)| r.state), pressed));
         }
     });
