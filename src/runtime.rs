@@ -228,14 +228,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     // ---- end telemetry ----
 
-    // Safety MCU link and board GPIO.
-    let _hal = crate::hal::start(&svc, &config.hal).await?;
-    let _mcu = crate::serial::start(
-        &svc,
-        &config.serial,
-        Arc::new(SupervisedWorkload(supervisor.clone())),
-    )
-    .await?;
+    // Safety MCU link and board GPIO, with one e-stop policy engine for both sources.
+    let workload: Arc<dyn crate::serial::Workload> =
+        Arc::new(SupervisedWorkload(supervisor.clone()));
+    let estop = crate::estop::spawn(
+        config.serial.estop.clone(),
+        workload.clone(),
+        telemetry.clone(),
+        &tracker,
+        cancel.child_token(),
+    );
+    let _hal = crate::hal::start(&svc, &config.hal, estop.clone()).await?;
+    let _mcu = crate::serial::start(&svc, &config.serial, workload, estop).await?;
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(
