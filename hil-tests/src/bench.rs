@@ -282,9 +282,17 @@ pub fn clear_latched_faults(port: &std::path::Path, baud: u32, boot: Duration) -
         .build()?;
     rt.block_on(async {
         let sp = fleetlet::serial::SerialPort::new(port.to_path_buf(), baud);
-        let io = sp
-            .open()
-            .with_context(|| format!("opening {}", port.display()))?;
+        let deadline = tokio::time::Instant::now() + boot;
+        // A board that is its own USB device re-enumerates after a power cycle: retry.
+        let io = loop {
+            match sp.open() {
+                Ok(io) => break io,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e).with_context(|| format!("opening {}", port.display()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut dec = proto::Decoder::<McuMsg>::new();
         let mut buf = [0u8; 256];
@@ -299,7 +307,6 @@ pub fn clear_latched_faults(port: &std::path::Path, baud: u32, boot: Duration) -
             protocol: PROTOCOL_VERSION,
             agent: proto::Version::new(0, 0, 0),
         };
-        let deadline = tokio::time::Instant::now() + boot;
         let mut session = false;
         wr.write_all(&[0]).await?;
         loop {

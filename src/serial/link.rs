@@ -380,6 +380,9 @@ impl Link {
 
     /// One heartbeat tick: send only while healthy; request enable when due.
     async fn heartbeat(&mut self, wr: &mut WriteHalf<Box<dyn Io>>) -> Result<(), Error> {
+        // The input's level as of now, even if its change is not handled yet: enable is
+        // never requested in the gap between a press and its `Disarm`.
+        self.sync_input_state();
         let live = self.deps.liveness.is_live();
         let motion_ok = self.workload.motion_ok(&self.cfg.motion_critical);
         let healthy = live && motion_ok;
@@ -447,6 +450,7 @@ impl Link {
         cmd: Command,
     ) -> Result<Option<Pending>, Error> {
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        self.sync_input_state();
         if self.state.estop_input_pressed && !matches!(cmd, Command::Disarm(_)) {
             reply_of(cmd).send(Err(Error::EstopInputPressed)).ok();
             return Ok(None);

@@ -17,9 +17,12 @@
 //! - When the port disappears (read error, EOF, or no frame from the MCU for
 //!   `mcu_silence_timeout`), the link reports it and reopens with capped exponential
 //!   backoff until the port returns.
-//! - E-stop: on the edge to "pressed" the configured processes are paused or stopped (each
-//!   step emitted as a critical event); when the e-stop latch is cleared they are resumed
-//!   or started again.
+//! - E-stop: the MCU's e-stop (pressed or latched) is reported to the e-stop engine
+//!   ([`crate::estop`]) as one source; the engine pauses or stops the configured processes
+//!   and resumes them once every source is clear. The board's e-stop input is the other
+//!   source: on its press the link sends `Disarm` (the MCU cuts power) and never requests
+//!   enable again until the input is released and an operator clears the e-stop
+//!   ([`Handle::clear_estop`] / [`Handle::arm`], both refused while it is pressed).
 //! - All channels are bounded; commands to a busy link wait up to [`COMMAND_TIMEOUT`].
 //!
 //! # Layout
