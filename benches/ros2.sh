@@ -2,7 +2,9 @@
 # ROS 2 bridge cost: a 1 kHz std_msgs/String topic (rclpy publisher) bridged into the real
 # telemetry queue, throttled to 10 Hz and unthrottled, plus the idle node. The measured
 # process is the agent's ROS 2 subsystem with telemetry (examples/ros2_bench.rs, release).
-# Targets: throttled < 3% of one core; RSS ≤ 20 MB with ROS 2 loaded.
+# Targets: throttled < 3% of one core; RSS ≤ 20 MB with ROS 2 loaded. Also printed: CPU per
+# thread kind (dds.* = Fast DDS, ros2-spin, tokio workers, sled) and PSS (shared library
+# pages split among the processes that map them).
 #   bash benches/ros2.sh [seconds per case, default 15]
 set -euo pipefail
 cd "$(dirname "$0")/.."

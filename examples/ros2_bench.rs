@@ -3,7 +3,8 @@
 //! Runs the agent's ROS 2 subsystem (r2r node on its spin thread, bridge, diagnostics,
 //! status publisher) feeding the real telemetry queue (sled), forwards `--topic` with an
 //! optional `--max-rate`, and after `--warmup` seconds measures its own CPU time and RSS over
-//! `--seconds`. Prints one JSON line.
+//! `--seconds`. Prints one JSON line, with CPU per thread kind and RSS/PSS.
+//! `--min-spin-interval-ms 0` turns paced spinning off (spin per message).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -114,6 +115,9 @@ async fn main() {
     let cfg = fleetlet::ros2::Config {
         node_name: "fleetlet_bench".into(),
         forward,
+        min_spin_interval: Duration::from_millis(
+            arg("--min-spin-interval-ms", "10").parse().unwrap(),
+        ),
         ..fleetlet::ros2::Config::default()
     };
     let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();

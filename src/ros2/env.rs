@@ -368,6 +368,18 @@ mod tests {
     }
 
     #[test]
+    fn the_process_env_matches_itself_and_not_another_graph() {
+        // Reads only: the process environment is never written by unit tests.
+        let own = Ros2Env::from_process_env().unwrap();
+        assert!(own.matches_own_process());
+        let other = Ros2Env {
+            domain_id: Some(own.domain_id.map_or(1, |d| (d + 1) % MAX_DOMAIN_ID)),
+            ..own.clone()
+        };
+        assert!(!other.matches_own_process());
+    }
+
+    #[test]
     fn workload_with_a_different_domain_is_a_conflict() {
         let e = Ros2Env {
             domain_id: Some(5),

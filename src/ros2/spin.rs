@@ -385,8 +385,14 @@ fn spin_loop(
         spins.fetch_add(1, Ordering::Relaxed);
         // One message per subscription per spin: spin again without blocking while taps
         // still get messages, so what gathered during the pause is taken now.
+        // (Without pacing the next blocking spin follows at once: no burst needed.)
         let mut burst = 0;
-        while drain(&mut taps) > 0 && burst < MAX_BURST_SPINS {
+        let limit = if pacing.min_spin_interval.is_zero() {
+            0
+        } else {
+            MAX_BURST_SPINS
+        };
+        while drain(&mut taps) > 0 && burst < limit {
             node.spin_once(Duration::ZERO);
             spins.fetch_add(1, Ordering::Relaxed);
             burst += 1;
