@@ -8,11 +8,12 @@
 //! another.
 //!
 //! Invariants:
-//! - Every process runs in its own process group (`process_group(0)`); every signal of the
-//!   stop ladder goes to the whole group, and a stop returns only once the group is gone
+//! - Every process leads its own session (`setsid` before exec; pid = pgid = sid); every
+//!   signal of the stop ladder goes to its whole tree (session, group, and descendants that
+//!   moved to another group or session), and a stop returns only once the tree is gone
 //!   (no member left but zombies nobody can reap).
-//! - A process is restarted only after its previous group is gone: never two copies.
-//! - Owned process groups are recorded in sled (tree `supervisor`) before the agent can
+//! - A process is restarted only after its previous tree is gone: never two copies.
+//! - Owned sessions are recorded in sled (tree `supervisor`) before the agent can
 //!   forget them; on start, leftovers of a crashed agent are verified through `/proc`
 //!   (same kernel boot, same start time) and stopped before anything new starts.
 //! - Crash loops (`crash_loop.max_failures` within `crash_loop.window`) end in
@@ -313,7 +314,7 @@ pub struct ProcessStatus {
     pub ready: bool,
     /// Liveness passing (true when there is no liveness check).
     pub healthy: bool,
-    /// Pid (= process group id) of the current run.
+    /// Pid (= process group id = session id) of the current run.
     pub pid: Option<u32>,
     /// Restarts since the workload was applied (operator restarts included).
     pub restarts: u64,
@@ -535,7 +536,7 @@ impl Handle {
         self.op(Op::Start, name).await
     }
 
-    /// Freezes the whole process group with SIGSTOP. Checks are suspended while paused.
+    /// Freezes the process's whole tree (session, group, descendants) with SIGSTOP. Checks are suspended while paused.
     ///
     /// # Errors
     /// [`Error::InvalidState`] unless it is running; [`Error::UnknownProcess`].
@@ -543,7 +544,7 @@ impl Handle {
         self.op(Op::Pause, name).await
     }
 
-    /// Resumes a paused process group with SIGCONT.
+    /// Resumes a paused process tree with SIGCONT.
     ///
     /// # Errors
     /// [`Error::InvalidState`] unless it is paused; [`Error::UnknownProcess`].
