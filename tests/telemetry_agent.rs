@@ -157,7 +157,7 @@ fn write_layout_1_queue(dir: &Path, boots: &[(&str, u64)]) -> u64 {
             seq += 1;
         }
     }
-    tree.insert(b"\xffseq/lidar".to_vec(), &seq.to_be_bytes()[..])
+    tree.insert(b"\xffseq/lidar", &seq.to_be_bytes()[..])
         .unwrap();
     db.flush().unwrap();
     seq
