@@ -30,8 +30,9 @@ fn main() {
 }
 
 /// With the `ros2` feature and ROS 2 from PyPI wheels (scripts/ros2-env.sh exports
-/// `ROS2_LIBPYTHON_DIR`), some generated message libraries reference libpython symbols without
-/// declaring it as a dependency, so the agent links libpython itself (kept even if unused).
+/// `ROS2_LIBPYTHON_DIR` for wheels only), the wheels' `librcl.so` depends on
+/// `*__rosidl_generator_py` libraries that reference libpython symbols without declaring it,
+/// so the agent links libpython itself (kept even if unused). A system ROS 2 needs none of it.
 fn ros2_link_libpython() {
     println!("cargo:rerun-if-env-changed=ROS2_LIBPYTHON_DIR");
     if std::env::var_os("CARGO_FEATURE_ROS2").is_none() {

@@ -11,7 +11,7 @@ source scripts/ros2-env.sh
 SECS="${1:-15}"
 export ROS_DOMAIN_ID=$((150 + $$ % 50))
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-cargo build --release --features ros2 --example ros2_bench >/dev/null
+cargo build --release --features ros2 --example ros2_bench
 BIN=target/release/examples/ros2_bench
 
 "$ROS2_PYTHON" edge-manifests/examples/ros2-nav/nodes/rate_pub.py --topic /bench --rate 1000 &
@@ -31,8 +31,9 @@ for case in throttled unthrottled idle; do
     idle) out=$(run --idle yes) ;;
   esac
   cpu=$(field "$out" cpu_percent); rss=$(field "$out" rss_mb); peak=$(field "$out" peak_rss_mb)
-  anon=$(field "$out" anon_rss_mb); file=$(field "$out" file_rss_mb)
+  anon=$(field "$out" anon_rss_mb); file=$(field "$out" file_rss_mb); pss=$(field "$out" pss_mb)
   rx=$(field "$out" received_hz); fw=$(field "$out" forwarded_hz)
+  threads=$(python3 -c "import json,sys; d=json.loads(sys.argv[1])['cpu_by_thread']; print(' '.join(f'{k} {v}%' for k,v in sorted(d.items(), key=lambda x:-x[1])))" "$out")
   case $case in
     throttled) target_cpu="< 3% of one core" ;;
     *) target_cpu="(no target)" ;;
@@ -40,6 +41,7 @@ for case in throttled unthrottled idle; do
   ok_cpu=$(python3 -c "print('OK' if $cpu < 3.0 else 'MISS')")
   ok_rss=$(python3 -c "print('OK' if $rss <= 20.0 else 'MISS')")
   [ "$case" = throttled ] || ok_cpu="-"
-  printf '%-12s cpu %6.2f%%  target %-18s %-4s | rss %6.1f MB (peak %6.1f; private %5.1f, shared libs %5.1f)  target <= 20 MB %-4s | received %7.1f Hz  forwarded %7.1f Hz\n' \
-    "$case" "$cpu" "$target_cpu" "$ok_cpu" "$rss" "$peak" "$anon" "$file" "$ok_rss" "$rx" "$fw"
+  printf '%-12s cpu %6.2f%%  target %-18s %-4s | rss %6.1f MB (peak %6.1f; private %5.1f, shared libs %5.1f; PSS %5.1f)  target <= 20 MB %-4s | received %7.1f Hz  forwarded %7.1f Hz\n' \
+    "$case" "$cpu" "$target_cpu" "$ok_cpu" "$rss" "$peak" "$anon" "$file" "$pss" "$ok_rss" "$rx" "$fw"
+  printf '%-12s cpu by thread: %s\n' "" "$threads"
 done

@@ -31,8 +31,28 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// CPU seconds per thread name (threads of one kind summed: `dds.rc.7410` → `dds.rc`).
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let name = s
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or("?", |(n, _)| n);
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        let secs = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+        *out.entry(kind.to_owned()).or_insert(0.0) += secs;
+    }
+    out
+}
+
+/// Kilobytes of `key` in a /proc/self file (`status`, `smaps_rollup`).
+fn proc_kb(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix(key))
@@ -105,9 +125,15 @@ async fn main() {
         count(|c| c.received.load(Ordering::Relaxed)),
         count(|c| c.forwarded.load(Ordering::Relaxed)),
     );
-    let (c0, t0) = (cpu_seconds(), Instant::now());
+    let (c0, t0, th0) = (cpu_seconds(), Instant::now(), thread_cpu());
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let (c1, el) = (cpu_seconds(), t0.elapsed().as_secs_f64());
+    let (c1, el, th1) = (cpu_seconds(), t0.elapsed().as_secs_f64(), thread_cpu());
+    let threads: serde_json::Map<String, serde_json::Value> = th1
+        .iter()
+        .map(|(k, v)| (k, 100.0 * (v - th0.get(k).copied().unwrap_or(0.0)) / el))
+        .filter(|(_, pct)| *pct >= 0.05)
+        .map(|(k, pct)| (k.clone(), serde_json::json!((pct * 100.0).round() / 100.0)))
+        .collect();
     let (r1, f1) = (
         count(|c| c.received.load(Ordering::Relaxed)),
         count(|c| c.forwarded.load(Ordering::Relaxed)),
@@ -116,10 +142,14 @@ async fn main() {
         "{}",
         serde_json::json!({
             "cpu_percent": 100.0 * (c1 - c0) / el,
-            "rss_mb": status_kb("VmRSS:") as f64 / 1024.0,
-            "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
-            "anon_rss_mb": status_kb("RssAnon:") as f64 / 1024.0,
-            "file_rss_mb": status_kb("RssFile:") as f64 / 1024.0,
+            "rss_mb": proc_kb("status", "VmRSS:") as f64 / 1024.0,
+            "peak_rss_mb": proc_kb("status", "VmHWM:") as f64 / 1024.0,
+            "anon_rss_mb": proc_kb("status", "RssAnon:") as f64 / 1024.0,
+            "file_rss_mb": proc_kb("status", "RssFile:") as f64 / 1024.0,
+            "shmem_rss_mb": proc_kb("status", "RssShmem:") as f64 / 1024.0,
+            "pss_mb": proc_kb("smaps_rollup", "Pss:") as f64 / 1024.0,
+            "threads": proc_kb("status", "Threads:"),
+            "cpu_by_thread": threads,
             "received_hz": (r1 - r0) as f64 / el,
             "forwarded_hz": (f1 - f0) as f64 / el,
             "spins": ros.ros.spin_count(),

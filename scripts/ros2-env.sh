@@ -9,8 +9,9 @@
 # .venv/ros2 (idempotent: a stamp file records the installed package set), with two fixes:
 #   1. the wheels ship no librmw_implementation.so; r2r links against it, so it is a symlink to
 #      librmw_fastrtps_cpp.so in <venv>/lib (RMW_IMPLEMENTATION=rmw_fastrtps_cpp),
-#   2. some generated message libraries reference libpython symbols, so the libpython directory
-#      is on LD_LIBRARY_PATH and build.rs links the ros2 build with -lpython3.11 (ROS2_LIBPYTHON_DIR).
+#   2. the wheels' librcl.so needs *__rosidl_generator_py libraries, which reference libpython
+#      symbols, so the libpython directory is on LD_LIBRARY_PATH and build.rs links the ros2
+#      build with -lpython3.11 (ROS2_LIBPYTHON_DIR; wheels only, a system ROS 2 does not need it).
 # Overrides: FLEETLET_ROS2_VENV (venv path), FLEETLET_ROS2_PYTHON (python3.11 interpreter).
 # (These are read only by this script, never by the agent.)
 
@@ -28,10 +29,11 @@ _ros2_env_main() {
     set +u; . /opt/ros/jazzy/setup.bash; set -u
     export ROS_DISTRO=jazzy
     export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+    # No ROS2_LIBPYTHON_DIR here: apt-built ROS 2 libraries do not need libpython, and linking
+    # it would cost the agent ~2.3 MB of RSS (1.2 MB private relocations) for nothing.
+    unset ROS2_LIBPYTHON_DIR
     local py
     py="$(command -v python3)"
-    ROS2_LIBPYTHON_DIR="$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
-    export ROS2_LIBPYTHON_DIR
     export ROS2_PYTHON="$py"
     return 0
   fi

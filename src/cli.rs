@@ -136,14 +136,65 @@ pub enum ConfigCmd {
 }
 
 /// Loads the config or prints every problem and returns the exit code to use.
-fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+///
+/// # Errors
+/// The exit code (`EX_CONFIG`) after printing the problems.
+pub fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
     Config::load(&args.config, args.env.as_deref()).map_err(|e| {
         eprintln!("fleetlet: {e}");
         ExitCode::from(EX_CONFIG)
     })
 }
 
-/// Runs the parsed command.
+/// Writes the process environment the agent's subsystems read once at start (the ROS 2
+/// graph: `ROS_DOMAIN_ID`, `RMW_IMPLEMENTATION`, discovery; children inherit it). Call it
+/// while the process has one thread, before [`run_agent`]: `setenv` races with `getenv` on
+/// any other thread (C code included), and the logger, the tokio runtime and DDS start threads.
+///
+/// # Errors
+/// `EX_CONFIG` after printing the problem (an invalid `ROS_*` variable in the environment).
+pub fn apply_process_env(cfg: &Config) -> Result<(), ExitCode> {
+    #[cfg(feature = "ros2")]
+    if cfg.ros2.enabled {
+        let env = cfg.ros2.resolve_env().map_err(|e| {
+            eprintln!("fleetlet: {e}");
+            ExitCode::from(EX_CONFIG)
+        })?;
+        env.apply_to_own_process();
+    }
+    #[cfg(not(feature = "ros2"))]
+    let _ = cfg;
+    Ok(())
+}
+
+/// `fleetlet run` with a loaded config: logging, the async runtime, [`crate::runtime::run`].
+pub fn run_agent(cfg: Config, log_format: Option<LogFormat>) -> ExitCode {
+    crate::logging::init(
+        log_format.unwrap_or(cfg.agent.log_format),
+        &cfg.agent.log_level,
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fleetlet")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetlet: cannot start the async runtime: {e}");
+            return ExitCode::from(EX_FAILURE);
+        }
+    };
+    match rt.block_on(crate::runtime::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetlet: {e}");
+            ExitCode::from(EX_FAILURE)
+        }
+    }
+}
+
+/// Runs the parsed command (`main` runs `run` itself, see [`apply_process_env`]).
 pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config, log_format } => {
@@ -151,29 +202,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::logging::init(
-                log_format.unwrap_or(cfg.agent.log_format),
-                &cfg.agent.log_level,
-            );
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("fleetlet")
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fleetlet: cannot start the async runtime: {e}");
-                    return ExitCode::from(EX_FAILURE);
-                }
-            };
-            match rt.block_on(crate::runtime::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("fleetlet: {e}");
-                    ExitCode::from(EX_FAILURE)
-                }
+            if let Err(code) = apply_process_env(&cfg) {
+                return code;
             }
+            run_agent(cfg, log_format)
         }
         Command::Config(ConfigCmd::Check { config }) => match load(&config) {
             Ok(cfg) => {

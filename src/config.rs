@@ -331,6 +331,10 @@ impl Config {
         self.bundle.validate(problems);
         self.serial.validate(problems);
         self.hal.validate(problems);
+        // The e-stop policy also serves the board's e-stop input without an MCU.
+        if !self.serial.enabled && self.hal.estop_input.is_some() {
+            self.serial.estop.validate(problems);
+        }
         // ---- end bundle ----
         // ---- ros2 ----
         #[cfg(feature = "ros2")]
@@ -803,6 +807,26 @@ mod tests {
         assert!(
             !s.contains("hunter2") && s.contains("<redacted>") && s.contains("host"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn estop_input_without_mcu_needs_an_estop_policy_that_does_something() {
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "a.toml", "[hal]\nestop_input = 5\n");
+        let p = problems(Config::load_from(&f, None, []));
+        assert!(p.iter().any(|p| p.key == "serial.estop.processes"), "{p:?}");
+        let f = write(
+            d.path(),
+            "b.toml",
+            "[hal]\nbackend = \"cdev\"\nchip = \"/dev/gpiochip2\"\nestop_input = 40\n[serial.estop]\naction = \"pause\"\nprocesses = [\"nav\"]\n",
+        );
+        let c = Config::load_from(&f, None, []).unwrap();
+        assert_eq!(c.hal.chip, Path::new("/dev/gpiochip2"));
+        assert_eq!(
+            c.hal.estop_input,
+            Some(40),
+            "cdev line offsets are not BCM numbers"
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod estop;
 pub mod hal;
 pub mod liveness;
 pub mod logging;

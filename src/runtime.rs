@@ -154,9 +154,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // The ROS 2 node starts before the supervisor: its environment (domain id, RMW,
     // discovery) is applied to the agent's process, so every child inherits the same graph;
     // its check provider evaluates the workload's ros2_* checks; the workload's [[forward]]
-    // topics are bridged and a workload asking for another graph is refused.
+    // topics are bridged and a workload asking for another graph is refused; its lifecycle
+    // teardown runs before the supervisor stops a managed node.
     #[cfg(feature = "ros2")]
-    let provider = if config.ros2.enabled {
+    let hooks = if config.ros2.enabled {
         let mut ros2 = crate::ros2::start(&svc, &config.ros2).await?;
         if let Some(path) = config.supervisor.workload.clone() {
             let w =
@@ -165,14 +166,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
                     .map_err(|_| crate::ros2::Error::NotRunning)??;
             ros2.accept_workload(&svc, &w).await?;
         }
-        Some(ros2.provider())
+        ros2.supervisor_hooks()
     } else {
-        None
+        crate::supervisor::Hooks::default()
     };
     #[cfg(not(feature = "ros2"))]
-    let provider = None;
+    let hooks = crate::supervisor::Hooks::default();
     // ---- end ros2 ----
-    let supervisor = crate::supervisor::start(&svc, &config.supervisor, provider).await?;
+    let supervisor = crate::supervisor::start_with_hooks(&svc, &config.supervisor, hooks).await?;
     register_process_ops(&svc.ops, &supervisor);
 
     // Local API.
@@ -228,14 +229,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     // ---- end telemetry ----
 
-    // Safety MCU link and board GPIO.
-    let _hal = crate::hal::start(&svc, &config.hal).await?;
-    let _mcu = crate::serial::start(
-        &svc,
-        &config.serial,
-        Arc::new(SupervisedWorkload(supervisor.clone())),
-    )
-    .await?;
+    // Safety MCU link and board GPIO, with one e-stop policy engine for both sources.
+    let workload: Arc<dyn crate::serial::Workload> =
+        Arc::new(SupervisedWorkload(supervisor.clone()));
+    let estop = crate::estop::spawn(
+        config.serial.estop.clone(),
+        workload.clone(),
+        telemetry.clone(),
+        &tracker,
+        cancel.child_token(),
+    );
+    let _hal = crate::hal::start(&svc, &config.hal, estop.clone()).await?;
+    let _mcu = crate::serial::start(&svc, &config.serial, workload, estop).await?;
 
     // Control socket: the only local way to change state.
     let serving = crate::control::bind(

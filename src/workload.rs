@@ -706,7 +706,8 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A `[[forward]]` entry: a ROS 2 topic forwarded as telemetry by the ROS 2 bridge.
+/// A `[[forward]]` entry: a ROS 2 topic forwarded as telemetry by the ROS 2 bridge (the
+/// same type serves the agent's `[[ros2.forward]]` config and the bridge itself).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Forward {
@@ -739,6 +740,41 @@ impl Forward {
         self.stream
             .clone()
             .unwrap_or_else(|| format!("ros{}", self.topic))
+    }
+
+    /// Every problem of this entry as `(key, message)`, keys relative to the entry
+    /// (`topic`, `type`, `max_rate_hz`, `stream`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !self.topic.starts_with('/') {
+            out.push((
+                "topic",
+                format!("{:?} must be fully qualified (start with /)", self.topic),
+            ));
+        }
+        if self.msg_type.split('/').count() != 3 {
+            out.push((
+                "type",
+                format!("{:?} must look like pkg/msg/Type", self.msg_type),
+            ));
+        }
+        if let Some(r) = self.max_rate_hz {
+            if !(r.is_finite() && r > 0.0) {
+                out.push(("max_rate_hz", format!("{r} must be > 0")));
+            }
+        }
+        let stream = self.stream_name();
+        if stream.is_empty()
+            || !stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        {
+            out.push((
+                "stream",
+                format!("{stream:?} must use only A-Z a-z 0-9 _ - . / (it becomes an MQTT topic)"),
+            ));
+        }
+        out
     }
 }
 
@@ -1034,36 +1070,10 @@ impl Workload {
         let mut streams = BTreeSet::new();
         for (i, f) in self.forward.iter().enumerate() {
             let k = |key: &str| format!("forward[{i}].{key}");
-            if !f.topic.starts_with('/') {
-                push(
-                    k("topic"),
-                    format!("{:?} must be fully qualified (start with /)", f.topic),
-                );
-            }
-            if f.msg_type.split('/').count() != 3 {
-                push(
-                    k("type"),
-                    format!("{:?} must look like pkg/msg/Type", f.msg_type),
-                );
-            }
-            if let Some(r) = f.max_rate_hz {
-                if !(r.is_finite() && r > 0.0) {
-                    push(k("max_rate_hz"), format!("{r} must be > 0"));
-                }
+            for (key, message) in f.problems() {
+                push(k(key), message);
             }
             let stream = f.stream_name();
-            if stream.is_empty()
-                || !stream
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
-            {
-                push(
-                    k("stream"),
-                    format!(
-                        "{stream:?} must use only A-Z a-z 0-9 _ - . / (it becomes an MQTT topic)"
-                    ),
-                );
-            }
             if !streams.insert(stream.clone()) {
                 push(
                     k("stream"),

@@ -91,7 +91,13 @@ impl Drop for Node {
 }
 
 fn start_node(name: &str) -> Ros2 {
-    Ros2::start(name, env().clone(), Duration::from_millis(20)).unwrap()
+    Ros2::start(
+        name,
+        env().clone(),
+        Duration::from_millis(20),
+        fleetlet::ros2::config::DEFAULT_MIN_SPIN_INTERVAL,
+    )
+    .unwrap()
 }
 
 fn graph_nodes() -> Vec<String> {

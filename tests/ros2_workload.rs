@@ -72,9 +72,10 @@ async fn example_workload_comes_up_in_order_recovers_a_silent_fusion_node_and_st
     let dir = tempfile::tempdir().unwrap();
     let (svc, mut telemetry) = services(dir.path());
     let mut ros = fleetlet::ros2::start(&svc, &ros2_config()).await.unwrap();
-    let sup = supervisor::start(&svc, &supervisor::Config::default(), Some(ros.provider()))
-        .await
-        .unwrap();
+    let sup =
+        supervisor::start_with_hooks(&svc, &supervisor::Config::default(), ros.supervisor_hooks())
+            .await
+            .unwrap();
     let w = Workload::from_file(&example().join("workload.toml")).unwrap();
     ros.accept_workload(&svc, &w).await.unwrap();
 
@@ -283,6 +284,86 @@ async fn a_workload_asking_for_another_domain_is_refused() {
     assert_eq!(
         std::env::var("ROS_DOMAIN_ID").unwrap(),
         domain().to_string()
+    );
+    svc.cancel.cancel();
+    svc.tracker.close();
+    svc.tracker.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_nodes_are_deactivated_and_cleaned_up_in_reverse_order_before_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, _telemetry) = services(dir.path());
+    let cfg = fleetlet::ros2::Config {
+        node_name: "fleetlet_test_teardown".into(),
+        ..ros2_config()
+    };
+    let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
+    let sup =
+        supervisor::start_with_hooks(&svc, &supervisor::Config::default(), ros.supervisor_hooks())
+            .await
+            .unwrap();
+    // Names unique to this run: a leftover node of another run must not answer for ours.
+    let (map, planner) = (
+        format!("map_{}", std::process::id()),
+        format!("planner_{}", std::process::id()),
+    );
+    let journal = dir.path().join("journal");
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ros2/journal_lifecycle_node.py");
+    let manifest = format!(
+        r#"
+        [process.map_server]
+        command = "python3"
+        args = ["-u", "{node}", "--name", "{map}", "--journal", "{journal}"]
+        readiness = {{ ros2_lifecycle = {{ node = "/{map}" }}, interval = "500ms", timeout = "15s" }}
+        [process.planner]
+        command = "python3"
+        args = ["-u", "{node}", "--name", "{planner}", "--journal", "{journal}"]
+        depends_on = {{ map_server = "ready" }}
+        readiness = {{ ros2_lifecycle = {{ node = "/{planner}" }}, interval = "500ms", timeout = "15s" }}
+        "#,
+        node = node.display(),
+        journal = journal.display(),
+    );
+    sup.apply(Workload::from_toml_str(&manifest).unwrap())
+        .await
+        .unwrap();
+    wait_until(&sup, 90, "both managed nodes ready", |s| {
+        s.processes.values().all(|p| p.state == ProcessState::Ready)
+    })
+    .await;
+    sup.shutdown().await.unwrap();
+    let events: Vec<String> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = [
+        (&map, "configure"),
+        (&map, "activate"),
+        (&planner, "configure"),
+        (&planner, "activate"),
+        // teardown: the dependant first, each deactivate → cleanup before its SIGINT
+        (&planner, "deactivate"),
+        (&planner, "cleanup"),
+        (&planner, "SIGINT"),
+        (&map, "deactivate"),
+        (&map, "cleanup"),
+        (&map, "SIGINT"),
+    ]
+    .iter()
+    .map(|(n, e)| format!("{n} {e}"))
+    .collect();
+    assert_eq!(events, want);
+    let log: Vec<String> = sup
+        .logs("planner", 50)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        log.iter().any(|l| l.contains("pre-stop hook done")),
+        "{log:?}"
     );
     svc.cancel.cancel();
     svc.tracker.close();

@@ -1,5 +1,5 @@
 //! The supervisor inside the real agent binary: an agent killed with SIGKILL leaves its
-//! process groups behind; the next agent finds them (sled records verified via /proc),
+//! process sessions behind (one with a grandchild in a group of its own); the next agent finds them (sled records verified via /proc),
 //! stops them, and runs exactly one copy of each process.
 
 use std::net::TcpListener;
@@ -96,6 +96,11 @@ fn agent_kill_9_then_restart_runs_exactly_one_copy_of_each_process() {
             "[process.p{i}]\ncommand = \"sleep\"\nargs = [\"{marker}{i}\"]\nrestart = \"always\"\nstop = [{{ signal = \"SIGTERM\", timeout = \"2s\" }}]\n"
         ));
     }
+    // p5's sleeper is a grandchild that moved to a process group of its own: only the
+    // session of p5's leader still ties it to p5.
+    workload.push_str(&format!(
+        "[process.p5]\ncommand = \"sh\"\nargs = [\"-c\", '''python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"{marker}5\"])' & wait''']\nrestart = \"always\"\nstop = [{{ signal = \"SIGTERM\", timeout = \"2s\" }}]\n"
+    ));
     std::fs::write(dir.path().join("workload.toml"), workload).unwrap();
     let config = dir.path().join("fleetlet.toml");
     std::fs::write(
@@ -111,8 +116,8 @@ fn agent_kill_9_then_restart_runs_exactly_one_copy_of_each_process() {
     let mut guard = Reap(Vec::new(), marker.clone());
 
     let mut first = spawn_agent(&config);
-    wait_for("5 processes under the first agent", 20, || {
-        sleepers(&marker).len() == 5
+    wait_for("6 processes under the first agent", 20, || {
+        sleepers(&marker).len() == 6
     });
     let old = sleepers(&marker);
     // Give the record persister time to flush (it flushes right after each spawn).
@@ -127,9 +132,9 @@ fn agent_kill_9_then_restart_runs_exactly_one_copy_of_each_process() {
     );
 
     guard.0.push(spawn_agent(&config));
-    wait_for("old processes gone and 5 new ones", 20, || {
+    wait_for("old processes gone and 6 new ones", 20, || {
         let now = sleepers(&marker);
-        now.len() == 5 && now.iter().all(|p| !old.contains(p))
+        now.len() == 6 && now.iter().all(|p| !old.contains(p))
     });
     // Stable: no late duplicate appears.
     for _ in 0..20 {
@@ -137,10 +142,10 @@ fn agent_kill_9_then_restart_runs_exactly_one_copy_of_each_process() {
         let now = sleepers(&marker);
         assert_eq!(
             now.len(),
-            5,
-            "expected exactly 5 copies, found {now:?} (old {old:?})"
+            6,
+            "expected exactly 6 copies, found {now:?} (old {old:?})"
         );
-        for i in 0..5 {
+        for i in 0..6 {
             let wanted = format!("{marker}{i}");
             let n = now
                 .iter()

@@ -1,4 +1,5 @@
-//! The stop ladder and process groups, with real children that ignore signals and fork.
+//! The stop ladder and process sessions, with real children that ignore signals, fork, and
+//! move their children to other groups and sessions.
 
 mod supervisor_common;
 
@@ -113,6 +114,129 @@ async fn grandchildren_are_gone_after_stop() {
         assert!(!alive(*pid), "group member {pid} survived the stop");
     }
     assert!(group(pgid).is_empty());
+    rig.handle.shutdown().await.unwrap();
+}
+
+/// Forks a child that forks two grandchildren: one moves to a process group of its own
+/// (`setpgid(0, 0)`), one to a session of its own (`setsid()`); each writes its pid to
+/// `<dir>/<how>` once it has moved. Everyone then sleeps.
+const ESCAPERS: &str = r#"
+import os, sys, time
+d = sys.argv[1]
+def grandchild(how):
+    if os.fork() == 0:
+        if how == "setpgid":
+            os.setpgid(0, 0)
+        else:
+            os.setsid()
+        with open(f"{d}/{how}.tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(f"{d}/{how}.tmp", f"{d}/{how}")
+        while True:
+            time.sleep(1)
+if os.fork() == 0:
+    with open(f"{d}/child", "w") as f:
+        f.write(str(os.getpid()))
+    grandchild("setpgid")
+    grandchild("setsid")
+    while True:
+        time.sleep(1)
+while True:
+    time.sleep(1)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_leads_its_own_session_and_group() {
+    let rig = start("[process.a]\ncommand = \"sleep\"\nargs = [\"100\"]\n").await;
+    wait_state(&rig.handle, "a", ProcessState::Running, 10).await;
+    let pid = rig.handle.snapshot().processes["a"].pid.unwrap() as i32;
+    let (pgrp, sid) = pgrp_and_session(pid).unwrap();
+    assert_eq!(
+        (pgrp, sid),
+        (pid, pid),
+        "pid {pid}: group {pgrp}, session {sid}"
+    );
+    let me = std::process::id() as i32;
+    assert_ne!(
+        pgrp_and_session(me).unwrap().1,
+        sid,
+        "shares the agent's session"
+    );
+    rig.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_that_left_the_group_or_the_session_are_gone_after_stop() {
+    let rig = start(&format!(
+        r#"
+        [process.escapers]
+        command = "python3"
+        args = ["-c", '''{ESCAPERS}''', "{{dir}}"]
+        stop = [{{ signal = "SIGTERM", timeout = "2s" }}]
+        "#
+    ))
+    .await;
+    let (child, pgid_escaper, sid_escaper) =
+        (rig.path("child"), rig.path("setpgid"), rig.path("setsid"));
+    eventually(20, "grandchildren moved", || {
+        pid_in(&child).is_some()
+            && pid_in(&pgid_escaper).is_some()
+            && pid_in(&sid_escaper).is_some()
+    })
+    .await;
+    let leader = rig.handle.snapshot().processes["escapers"].pid.unwrap() as i32;
+    let (c, g1, g2) = (
+        pid_in(&child).unwrap(),
+        pid_in(&pgid_escaper).unwrap(),
+        pid_in(&sid_escaper).unwrap(),
+    );
+    // The premise: a signal to the leader's group alone would miss both grandchildren.
+    assert_eq!(
+        pgrp_and_session(g1),
+        Some((g1, leader)),
+        "setpgid grandchild"
+    );
+    assert_eq!(pgrp_and_session(g2), Some((g2, g2)), "setsid grandchild");
+    assert!(!group(leader).contains(&g1) && !group(leader).contains(&g2));
+    rig.handle.stop("escapers").await.unwrap();
+    for (what, pid) in [
+        ("leader", leader),
+        ("child", c),
+        ("setpgid grandchild", g1),
+        ("setsid grandchild", g2),
+    ] {
+        assert!(!alive(pid), "{what} {pid} survived the stop");
+    }
+    assert_eq!(
+        rig.handle.snapshot().processes["escapers"].state,
+        ProcessState::Stopped
+    );
+    rig.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_exit_takes_a_grandchild_in_another_group_down_before_the_restart() {
+    // The leader leaves a child that moved to a group of its own (same session): killpg of
+    // the leader's group cannot see it, the session scan must.
+    let rig = start(
+        r#"
+        [process.leaky]
+        command = "sh"
+        args = ["-c", "echo $$ >> {dir}/leaders; rm -f {dir}/kid; python3 -c 'import os; os.setpgid(0, 0); open(\"{dir}/kid.tmp\", \"w\").write(str(os.getpid())); os.rename(\"{dir}/kid.tmp\", \"{dir}/kid\"); os.execvp(\"sleep\", [\"sleep\", \"1000\"])' & while [ ! -s {dir}/kid ]; do sleep 0.01; done; cat {dir}/kid >> {dir}/kids; echo >> {dir}/kids; exit 1"]
+        backoff = { initial = "0s" }
+        crash_loop = { max_failures = 0 }
+        stop = [{ signal = "SIGTERM", timeout = "1s" }]
+        "#,
+    )
+    .await;
+    eventually(20, "two runs", || lines(&rig.path("leaders")).len() >= 2).await;
+    let first_leader: i32 = lines(&rig.path("leaders"))[0].parse().unwrap();
+    let first_kid: i32 = lines(&rig.path("kids"))[0].parse().unwrap();
+    assert_ne!(first_kid, first_leader);
+    assert!(
+        !alive(first_kid),
+        "the first run's grandchild {first_kid} outlived its leader into the restart"
+    );
     rig.handle.shutdown().await.unwrap();
 }
 

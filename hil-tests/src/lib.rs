@@ -2,22 +2,32 @@
 //!
 //! A rig is described by a TOML file ([`RigFile`]): where the MCU's serial port is, how
 //! the firmware is started, how the rig presses the e-stop and reads the motor-enable
-//! output, and the timing tolerances. The default rig (`rigs/qemu.toml`) boots the QEMU
-//! firmware with UART0 (agent link) and UART1 (rig port) on ptys; a bench rig points at a
-//! real board (`HIL_RIG=rigs/bench-pico.toml`).
+//! output, and the timing tolerances. Every rig is driven through one trait,
+//! [`RigDriver`], behind [`Rig`], so the same tests run on each:
+//! - [`qemu::QemuRig`] (`rigs/qemu.toml`, the default, in CI) boots the QEMU firmware with
+//!   UART0 (agent link) and UART1 (rig port: e-stop, noise, pins, faults) on ptys;
+//! - [`bench::BenchRig`] (`firmware.kind = "external"`, e.g. `rigs/bench-pico.toml`) is a
+//!   flashed board whose e-stop loop, motor-enable output and (optionally) supply are wired
+//!   to the rig host's GPIO, used through `fleetlet::hal` (`cdev` or `rpi` backend).
+//!
+//! A test needing something a rig cannot do ([`Capability`]) says which and what the rig
+//! file lacks, and returns early.
 //!
 //! The agent side under test is the `hil-agent` binary of this crate: the real
 //! `fleetlet::serial` link in its own process (so it can be SIGKILLed or stalled), printing
 //! every telemetry record as a JSON line.
 
-use std::io::{BufRead, BufReader, Read, Write};
+pub mod bench;
+pub mod qemu;
+
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fleetlet_proto::{self as proto, Faults, RigCmd, RigEvent};
+use fleetlet_proto::{self as proto, Faults};
 use serde::Deserialize;
 
 /// The rig file.
@@ -31,7 +41,7 @@ pub struct RigFile {
     /// Serial settings.
     #[serde(default)]
     pub serial: Serial,
-    /// Bench rig pins (for `firmware.kind = "external"`).
+    /// Rig-host pins wired to the board (for `firmware.kind = "external"`).
     pub pins: Option<Pins>,
     /// Timing.
     #[serde(default)]
@@ -89,14 +99,59 @@ impl Default for Serial {
     }
 }
 
-/// Bench-host pins wired to the board (BCM numbers, read through `fleetlet::hal`).
+/// Rig-host pins wired to the board, and the GPIO backend that drives them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pins {
-    /// Output that opens the board's e-stop loop when high.
-    pub estop_out: u8,
-    /// Input that reads the board's motor-enable output.
-    pub motor_enable_in: u8,
+    /// `cdev` (Linux GPIO character device, default) or `rpi` (rppal; build hil-tests
+    /// with `--features rpi`).
+    #[serde(default = "default_pin_backend")]
+    pub backend: fleetlet::hal::Backend,
+    /// GPIO chip for `cdev` (pins are line offsets on it).
+    #[serde(default = "default_chip")]
+    pub chip: PathBuf,
+    /// Output that opens the board's e-stop loop ("pressed") when active.
+    pub estop_out: Option<u8>,
+    /// `estop_out` is active low.
+    #[serde(default)]
+    pub estop_out_active_low: bool,
+    /// Input reading the board's motor-enable output.
+    pub motor_enable_in: Option<u8>,
+    /// `motor_enable_in` is active low.
+    #[serde(default)]
+    pub motor_enable_active_low: bool,
+    /// Pull resistor on `motor_enable_in` (default none: the board drives it).
+    #[serde(default)]
+    pub motor_enable_bias: fleetlet::hal::Bias,
+    /// Output switching the board's supply (a relay), active = powered: the replug test.
+    pub power_out: Option<u8>,
+    /// `power_out` is active low.
+    #[serde(default)]
+    pub power_out_active_low: bool,
+    /// How often `motor_enable_in` is sampled.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+fn default_pin_backend() -> fleetlet::hal::Backend {
+    fleetlet::hal::Backend::Cdev
+}
+fn default_chip() -> PathBuf {
+    PathBuf::from(fleetlet::hal::DEFAULT_CHIP)
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(1)
+}
+
+impl Pins {
+    /// The `fleetlet::hal` config that opens this backend.
+    pub fn hal_config(&self) -> fleetlet::hal::Config {
+        fleetlet::hal::Config {
+            backend: self.backend,
+            chip: self.chip.clone(),
+            ..fleetlet::hal::Config::default()
+        }
+    }
 }
 
 /// Timing expectations.
@@ -139,6 +194,47 @@ impl RigFile {
         Ok((rig, path))
     }
 
+    /// Why this rig cannot do `cap` (naming what the rig file lacks), or `None` if it can.
+    pub fn missing(&self, cap: Capability) -> Option<String> {
+        let pins = self.pins.as_ref();
+        let need = |ok: bool, key: &str| {
+            (!ok).then(|| format!("rig {} has no {key} in its rig file", self.name))
+        };
+        match (&self.firmware, cap) {
+            (Firmware::Qemu { .. }, Capability::BootMismatchImage) => need(
+                matches!(
+                    &self.firmware,
+                    Firmware::Qemu {
+                        mismatch_image: Some(_),
+                        ..
+                    }
+                ),
+                "firmware.mismatch_image",
+            ),
+            (Firmware::Qemu { .. }, _) => None,
+            (Firmware::External, Capability::PressEstop) => need(
+                pins.is_some_and(|p| p.estop_out.is_some()),
+                "pins.estop_out",
+            ),
+            (Firmware::External, Capability::ReadMotorEnable) => need(
+                pins.is_some_and(|p| p.motor_enable_in.is_some()),
+                "pins.motor_enable_in",
+            ),
+            (Firmware::External, Capability::Replug) => need(
+                pins.is_some_and(|p| p.power_out.is_some()),
+                "pins.power_out",
+            ),
+            (Firmware::External, Capability::InjectNoise) => Some(format!(
+                "rig {}: a bench rig cannot put noise on the board's serial line",
+                self.name
+            )),
+            (Firmware::External, Capability::BootMismatchImage) => Some(format!(
+                "rig {}: a bench board runs the firmware flashed on it",
+                self.name
+            )),
+        }
+    }
+
     /// Runs the rig's build commands.
     ///
     /// # Errors
@@ -161,32 +257,55 @@ impl RigFile {
     }
 }
 
-/// One observation from the rig port.
+/// Something a test needs from the rig beyond the serial link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Press and release the board's e-stop input.
+    PressEstop,
+    /// Read the board's motor-enable output.
+    ReadMotorEnable,
+    /// Put line noise on the agent link.
+    InjectNoise,
+    /// Power the board off and on (its port goes away or goes silent).
+    Replug,
+    /// Boot the protocol-mismatch firmware.
+    BootMismatchImage,
+}
+
+/// One observation of the board's pins.
 #[derive(Debug, Clone, Copy)]
 pub struct PinEvent {
     /// Host time of arrival.
     pub at: Instant,
     /// Motor-enable output.
     pub motor_enabled: bool,
-    /// E-stop input.
+    /// E-stop input (on a bench rig: the level the rig drives).
     pub estop_pressed: bool,
-    /// Latched faults.
-    pub faults: Faults,
+    /// Latched faults, when the rig can see them (the QEMU rig port reports them; a bench
+    /// rig sees pins only: ask the agent's link state instead).
+    pub faults: Option<Faults>,
 }
 
-/// A running rig: the agent-side port path and the rig control channel.
-pub struct Rig {
-    /// The rig file.
-    pub file: RigFile,
-    dir: PathBuf,
-    tmp: PathBuf,
-    qemu: Option<Child>,
-    rig_tx: Option<std::fs::File>,
-    rig_seq: u32,
-    events: mpsc::Receiver<PinEvent>,
-    events_tx: mpsc::Sender<PinEvent>,
-    /// Last known pin state.
-    pub last: Option<PinEvent>,
+/// What every rig implements. Pin observations go to the `mpsc::Sender<PinEvent>` the
+/// rig was started with.
+pub trait RigDriver: Send {
+    /// The serial device the agent opens.
+    fn agent_port(&self) -> PathBuf;
+    /// Presses (`true`) or releases the board's e-stop.
+    ///
+    /// # Errors
+    /// The rig cannot, or its pin/port failed.
+    fn set_estop(&mut self, pressed: bool) -> Result<()>;
+    /// Sends `bytes` of line noise onto the agent link.
+    ///
+    /// # Errors
+    /// The rig cannot.
+    fn inject_noise(&mut self, bytes: u16) -> Result<()>;
+    /// Powers the board off for `off`, then boots `image`.
+    ///
+    /// # Errors
+    /// The rig cannot, or the board does not come back.
+    fn replug(&mut self, off: Duration, image: Image) -> Result<()>;
 }
 
 /// Which image to boot.
@@ -198,188 +317,71 @@ pub enum Image {
     Mismatch,
 }
 
+/// A running rig: a [`RigDriver`] plus the pin observations.
+pub struct Rig {
+    /// The rig file.
+    pub file: RigFile,
+    driver: Box<dyn RigDriver>,
+    events: mpsc::Receiver<PinEvent>,
+    /// Last known pin state.
+    pub last: Option<PinEvent>,
+}
+
 impl Rig {
-    /// Starts the rig (boots QEMU for a QEMU rig).
+    /// Starts the rig the file describes (boots QEMU, or opens a bench rig's pins).
     ///
     /// # Errors
-    /// The firmware does not start, the ptys do not appear, the image is missing.
+    /// The firmware does not start, the image is missing, the GPIO backend is not
+    /// available (naming the chip and lines).
     pub fn start(file: RigFile, rig_path: &Path, image: Image) -> Result<Self> {
-        let dir = rig_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let tmp = std::env::temp_dir().join(format!(
-            "hil-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ u128::from(rand_u32())
-        ));
-        std::fs::create_dir_all(&tmp)?;
-        let (events_tx, events) = mpsc::channel();
-        let mut rig = Self {
+        let (tx, events) = mpsc::channel();
+        let driver: Box<dyn RigDriver> = match file.firmware {
+            Firmware::Qemu { .. } => {
+                Box::new(qemu::QemuRig::start(file.clone(), rig_path, image, tx)?)
+            }
+            Firmware::External => Box::new(bench::BenchRig::start(&file, image, tx)?),
+        };
+        Ok(Self::with_driver(file, driver, events))
+    }
+
+    /// A rig over any driver (tests of the rig itself).
+    pub fn with_driver(
+        file: RigFile,
+        driver: Box<dyn RigDriver>,
+        events: mpsc::Receiver<PinEvent>,
+    ) -> Self {
+        Self {
             file,
-            dir,
-            tmp,
-            qemu: None,
-            rig_tx: None,
-            rig_seq: 0,
+            driver,
             events,
-            events_tx,
             last: None,
-        };
-        rig.boot(image)?;
-        Ok(rig)
+        }
     }
 
-    /// The serial device the agent opens (a stable symlink for QEMU rigs, repointed on
-    /// every boot like udev's `/dev/serial/by-id`).
+    /// The serial device the agent opens.
     pub fn agent_port(&self) -> PathBuf {
-        match (&self.file.firmware, &self.file.serial.device) {
-            (Firmware::External, Some(d)) => d.clone(),
-            _ => self.tmp.join("mcu0"),
-        }
+        self.driver.agent_port()
     }
 
-    /// Whether the rig can replug the MCU and inject noise (QEMU rigs can).
-    pub fn is_emulated(&self) -> bool {
-        matches!(self.file.firmware, Firmware::Qemu { .. })
-    }
-
-    fn boot(&mut self, image: Image) -> Result<()> {
-        let Firmware::Qemu {
-            qemu,
-            machine,
-            image: normal,
-            mismatch_image,
-            ..
-        } = &self.file.firmware
-        else {
-            bail!("external rigs are driven through pins; gpio bench rigs need the `rpi` feature of fleetlet on the bench host");
-        };
-        let img = match image {
-            Image::Normal => normal.clone(),
-            Image::Mismatch => mismatch_image
-                .clone()
-                .context("rig has no firmware.mismatch_image")?,
-        };
-        let img = self.dir.join(img);
-        if !img.exists() {
-            bail!(
-                "firmware image {} is missing; build it with scripts/test.d/40-firmware.sh",
-                img.display()
-            );
-        }
-        let mut child = Command::new(qemu)
-            .args(["-M", machine, "-nographic", "-monitor", "none"])
-            .args(["-serial", "pty", "-serial", "pty", "-kernel"])
-            .arg(&img)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {qemu}"))?;
-        // QEMU prints "char device redirected to /dev/pts/N" per UART (stderr on 7.x,
-        // stdout on some builds): read both.
-        let (line_tx, line_rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().context("qemu stdout")?;
-        let err = child.stderr.take().context("qemu stderr")?;
-        for stream in [Box::new(out) as Box<dyn Read + Send>, Box::new(err)] {
-            let tx = line_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { return };
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut ptys = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ptys.len() < 2 {
-            let Ok(line) = line_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            else {
-                break;
-            };
-            if let Some(i) = line.find("/dev/pts/") {
-                let p: String = line[i..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                ptys.push(PathBuf::from(p));
-            }
-        }
-        if ptys.len() < 2 {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("qemu did not report two ptys within 10 s (got {ptys:?})");
-        }
-        let link = self.agent_port();
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&ptys[0], &link)?;
-        self.qemu = Some(child);
-        self.open_rig_port(&ptys[1])?;
-        Ok(())
-    }
-
-    fn open_rig_port(&mut self, pty: &Path) -> Result<()> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(pty)
-            .with_context(|| format!("opening rig port {}", pty.display()))?;
-        let mut t = nix::sys::termios::tcgetattr(&f)?;
-        nix::sys::termios::cfmakeraw(&mut t);
-        nix::sys::termios::tcsetattr(&f, nix::sys::termios::SetArg::TCSANOW, &t)?;
-        let mut rd = f.try_clone()?;
-        let tx = self.events_tx.clone();
-        std::thread::spawn(move || {
-            let mut dec = proto::Decoder::<RigEvent>::new();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = rd.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                for b in &buf[..n] {
-                    if let Some(Ok(f)) = dec.push(*b) {
-                        let RigEvent::Pins {
-                            motor_enabled,
-                            estop_pressed,
-                            faults,
-                            ..
-                        } = f.msg;
-                        let ev = PinEvent {
-                            at: Instant::now(),
-                            motor_enabled,
-                            estop_pressed,
-                            faults,
-                        };
-                        if tx.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        self.rig_tx = Some(f);
-        Ok(())
-    }
-
-    /// Sends a rig command.
-    ///
-    /// # Errors
-    /// The rig port is closed.
-    pub fn send(&mut self, cmd: RigCmd) -> Result<()> {
-        let mut out = [0u8; proto::MAX_FRAME];
-        let n = proto::encode(self.rig_seq, &cmd, &mut out)?;
-        self.rig_seq = self.rig_seq.wrapping_add(1);
-        self.rig_tx
-            .as_mut()
-            .context("rig port not open")?
-            .write_all(&out[..n])?;
-        Ok(())
+    /// Why the rig cannot do `cap`, or `None`.
+    pub fn missing(&self, cap: Capability) -> Option<String> {
+        self.file.missing(cap)
     }
 
     /// Presses or releases the e-stop.
     ///
     /// # Errors
-    /// As [`Rig::send`].
+    /// As [`RigDriver::set_estop`].
     pub fn set_estop(&mut self, pressed: bool) -> Result<()> {
-        self.send(RigCmd::SetEstop(pressed))
+        self.driver.set_estop(pressed)
+    }
+
+    /// Sends line noise onto the agent link.
+    ///
+    /// # Errors
+    /// As [`RigDriver::inject_noise`].
+    pub fn inject_noise(&mut self, bytes: u16) -> Result<()> {
+        self.driver.inject_noise(bytes)
     }
 
     /// Waits for a pin event matching `pred` (checking the last known state first).
@@ -428,39 +430,15 @@ impl Rig {
         v
     }
 
-    /// Powers the MCU off (the port disappears), waits `off`, and boots it again.
+    /// Powers the MCU off (the port disappears or goes silent), waits `off`, and boots it
+    /// again.
     ///
     /// # Errors
-    /// Boot failures.
+    /// As [`RigDriver::replug`].
     pub fn replug(&mut self, off: Duration, image: Image) -> Result<()> {
-        self.shutdown();
-        let _ = std::fs::remove_file(self.agent_port());
-        std::thread::sleep(off);
         self.last = None;
-        self.boot(image)
+        self.driver.replug(off, image)
     }
-
-    fn shutdown(&mut self) {
-        self.rig_tx = None;
-        if let Some(mut c) = self.qemu.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.shutdown();
-        let _ = std::fs::remove_dir_all(&self.tmp);
-    }
-}
-
-fn rand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
 }
 
 /// One line printed by `hil-agent`.

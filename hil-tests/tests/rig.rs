@@ -1,7 +1,8 @@
 //! The hardware-in-the-loop suite. Runs against the rig in `HIL_RIG` (default: the QEMU
 //! rig, `rigs/qemu.toml`). Tests run one at a time (they share the rig's timing budget).
-//! Tests needing rig capabilities a bench rig lacks (pin access, noise, replug) say so and
-//! return early on such rigs.
+//! Every rig goes through the same `Rig` API; a test needing a capability the rig lacks
+//! (a bench rig without `pins.power_out` cannot replug, no bench rig can inject noise)
+//! prints `skipped on rig …` with the reason and returns early.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -9,22 +10,37 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleetlet_proto::{self as proto, Faults, HostMsg, McuMsg, Refusal, PROTOCOL_VERSION};
-use hil_tests::{proc_state, Agent, Image, Rig, RigFile};
+use hil_tests::{proc_state, Agent, Capability, Image, Rig, RigFile};
 
 static LOADED: OnceLock<Result<(RigFile, PathBuf), String>> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn rig(image: Image) -> (MutexGuard<'static, ()>, Rig) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+fn rig_file() -> &'static (RigFile, PathBuf) {
     let loaded = LOADED.get_or_init(|| {
         let (file, path) = RigFile::from_env().map_err(|e| format!("{e:#}"))?;
         let dir = path.parent().unwrap().to_path_buf();
         file.build(&dir).map_err(|e| format!("{e:#}"))?;
         Ok((file, path))
     });
-    let (file, path) = loaded.as_ref().expect("rig setup failed");
+    loaded.as_ref().expect("rig setup failed")
+}
+
+/// Starts the rig, or `None` (printing why) when it lacks one of `needs`.
+fn rig_with(image: Image, needs: &[Capability]) -> Option<(MutexGuard<'static, ()>, Rig)> {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (file, path) = rig_file();
+    for cap in needs {
+        if let Some(why) = file.missing(*cap) {
+            eprintln!("skipped on rig {}: needs {cap:?}: {why}", file.name);
+            return None;
+        }
+    }
     let rig = Rig::start(file.clone(), path, image).expect("rig start");
-    (guard, rig)
+    Some((guard, rig))
+}
+
+fn rig(image: Image) -> (MutexGuard<'static, ()>, Rig) {
+    rig_with(image, &[]).expect("no capability needed")
 }
 
 fn agent(rig: &Rig, extra: &[&str]) -> Agent {
@@ -74,15 +90,18 @@ impl Drop for Proc {
     }
 }
 
-fn skip_unless_emulated(rig: &Rig, what: &str) -> bool {
-    if rig.is_emulated() {
-        return false;
+/// Waits until `pid` is stopped (`T`): SIGSTOP is delivered asynchronously, so the step
+/// being reported done can precede the state change in /proc by a scheduling slice.
+fn until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proc_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not stopped: {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-    eprintln!(
-        "skipped on rig {}: {what} needs an emulated rig",
-        rig.file.name
-    );
-    true
 }
 
 /// Waits until the agent has handshaken and the MCU reports motor power on.
@@ -110,9 +129,10 @@ fn handshake_reports_protocol_and_firmware_versions() {
         fw.split('.').all(|n| n.parse::<u16>().is_ok()),
         "firmware version {fw}"
     );
-    if rig.is_emulated() {
-        assert_eq!(p["board"], "qemu-lm3s6965");
-        assert_eq!(ev["priority"], "normal");
+    assert_eq!(ev["priority"], "normal");
+    let board = p["board"].as_str().unwrap();
+    assert!(["qemu-lm3s6965", "rp2040"].contains(&board), "{board}");
+    if rig.missing(Capability::ReadMotorEnable).is_none() {
         // Auto-enable after the handshake: the firmware's motor-enable output goes on.
         rig.wait_pins("motor enabled", Duration::from_secs(5), |p| p.motor_enabled)
             .unwrap();
@@ -128,10 +148,9 @@ fn handshake_reports_protocol_and_firmware_versions() {
 
 #[test]
 fn agent_killed_with_sigkill_cuts_motor_power_within_heartbeat_timeout() {
-    let (_g, mut rig) = rig(Image::Normal);
-    if skip_unless_emulated(&rig, "reading the motor-enable pin") {
+    let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
         return;
-    }
+    };
     let mut agent = agent(&rig, &[]);
     until_armed(&mut rig, &mut agent);
     let t0 = Instant::now();
@@ -147,15 +166,57 @@ fn agent_killed_with_sigkill_cuts_motor_power_within_heartbeat_timeout() {
         "motor power cut {took:?} after SIGKILL, limit {:?}",
         cut_limit(&rig)
     );
-    assert!(off.faults.contains(Faults::HEARTBEAT_TIMEOUT), "{off:?}");
+    if let Some(f) = off.faults {
+        assert!(f.contains(Faults::HEARTBEAT_TIMEOUT), "{off:?}");
+    }
+    // A new agent finds the fault latched (on every rig: read through the link) and
+    // power stays off.
+    let mut agent = self::agent(&rig, &[]);
+    agent
+        .wait_state(
+            "heartbeat_timeout latched",
+            boot(&rig) + Duration::from_secs(2),
+            |s| {
+                s["faults"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "heartbeat_timeout"))
+            },
+        )
+        .unwrap();
+    let after = rig.watch_pins(Duration::from_millis(1000));
+    assert!(
+        after.iter().all(|p| !p.motor_enabled),
+        "power came back by itself: {after:?}"
+    );
+}
+
+/// The bench rig's start-of-test reset (a session that clears latched faults) against the
+/// firmware: after it, a new agent auto-enables again, which a latched fault forbids.
+#[test]
+fn board_reset_session_clears_latched_faults_and_leaves_power_off() {
+    let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
+        return;
+    };
+    let mut first = agent(&rig, &[]);
+    until_armed(&mut rig, &mut first);
+    first.kill();
+    rig.wait_pins("motor disabled", Duration::from_secs(3), |p| {
+        !p.motor_enabled
+    })
+    .unwrap();
+    hil_tests::bench::clear_latched_faults(&rig.agent_port(), rig.file.serial.baud, boot(&rig))
+        .unwrap();
+    let held = rig.watch_pins(Duration::from_millis(300));
+    assert!(held.iter().all(|p| !p.motor_enabled), "{held:?}");
+    let mut second = agent(&rig, &[]);
+    until_armed(&mut rig, &mut second);
 }
 
 #[test]
 fn stalled_agent_event_loop_cuts_motor_power_and_recovery_does_not_resume_it() {
-    let (_g, mut rig) = rig(Image::Normal);
-    if skip_unless_emulated(&rig, "reading the motor-enable pin") {
+    let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
         return;
-    }
+    };
     let mut agent = agent(&rig, &[]);
     until_armed(&mut rig, &mut agent);
     let t0 = Instant::now();
@@ -170,7 +231,9 @@ fn stalled_agent_event_loop_cuts_motor_power_and_recovery_does_not_resume_it() {
         took <= cut_limit(&rig),
         "motor power cut {took:?} after the stall began"
     );
-    assert!(off.faults.contains(Faults::HEARTBEAT_TIMEOUT));
+    if let Some(f) = off.faults {
+        assert!(f.contains(Faults::HEARTBEAT_TIMEOUT), "{off:?}");
+    }
     // The agent comes back and heartbeats again; the latched fault keeps power off.
     let fault = agent
         .wait_event("mcu_fault", Duration::from_secs(5))
@@ -193,10 +256,12 @@ fn stalled_agent_event_loop_cuts_motor_power_and_recovery_does_not_resume_it() {
 
 #[test]
 fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
-    let (_g, mut rig) = rig(Image::Normal);
-    if skip_unless_emulated(&rig, "pressing the e-stop") {
+    let Some((_g, mut rig)) = rig_with(
+        Image::Normal,
+        &[Capability::PressEstop, Capability::ReadMotorEnable],
+    ) else {
         return;
-    }
+    };
     let nav = Proc::sleep();
     let planner = Proc::sleep();
     let mut agent = agent(
@@ -237,8 +302,8 @@ fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
         assert_eq!(step["payload"]["ok"], true, "{step}");
         assert_eq!(step["priority"], "critical");
     }
-    assert_eq!(proc_state(nav.pid()), Some('T'));
-    assert_eq!(proc_state(planner.pid()), Some('T'));
+    until_stopped(nav.pid());
+    until_stopped(planner.pid());
 
     // Releasing the button does not resume anything: the e-stop is latched.
     rig.set_estop(false).unwrap();
@@ -286,15 +351,164 @@ fn estop_pauses_processes_and_queues_critical_event_and_clear_resumes_them() {
 }
 
 #[test]
-fn serial_noise_is_survived_and_counted() {
-    let (_g, mut rig) = rig(Image::Normal);
-    if skip_unless_emulated(&rig, "injecting line noise") {
+fn estop_input_on_the_agent_host_cuts_motor_power_through_the_mcu_and_pauses_processes() {
+    let Some((_g, mut rig)) = rig_with(Image::Normal, &[Capability::ReadMotorEnable]) else {
         return;
+    };
+    let nav = Proc::sleep();
+    let planner = Proc::sleep();
+    let mut agent = agent(
+        &rig,
+        &[
+            "--estop-input",
+            "on",
+            "--estop-action",
+            "pause",
+            "--process",
+            &format!("nav={}", nav.pid()),
+            "--process",
+            &format!("planner={}", planner.pid()),
+        ],
+    );
+    until_armed(&mut rig, &mut agent);
+
+    // The board's e-stop input (simulated GPIO in hil-agent) is pressed: the agent has the
+    // MCU cut motor power (Disarm) and applies the e-stop policy.
+    let t0 = Instant::now();
+    agent.command("input press").unwrap();
+    let off = rig
+        .wait_pins(
+            "motor disabled by the e-stop input",
+            Duration::from_secs(3),
+            |p| !p.motor_enabled,
+        )
+        .unwrap();
+    let took = off.at.saturating_duration_since(t0);
+    assert!(
+        took <= cut_limit(&rig),
+        "motor power cut {took:?} after the input press, limit {:?}",
+        cut_limit(&rig)
+    );
+    eprintln!("e-stop input -> motor power off: {took:?} (includes the 30 ms debounce)");
+    if let Some(f) = off.faults {
+        assert!(f.is_empty(), "disarm latches nothing on the mcu: {off:?}");
     }
+    let ev = agent.wait_event("estop", Duration::from_secs(3)).unwrap();
+    assert_eq!(ev["payload"]["source"], "input", "{ev}");
+    assert_eq!(ev["priority"], "critical");
+    let disarm = agent
+        .wait_event("estop_mcu_disarm", Duration::from_secs(3))
+        .unwrap();
+    assert_eq!(disarm["payload"]["ok"], true, "{disarm}");
+    for name in ["nav", "planner"] {
+        agent
+            .wait_record(
+                &format!("pause step for {name}"),
+                Duration::from_secs(3),
+                |r| {
+                    r["payload"]["kind"] == "estop_action"
+                        && r["payload"]["process"] == name
+                        && r["payload"]["action"] == "pause"
+                        && r["payload"]["ok"] == true
+                },
+            )
+            .unwrap();
+    }
+    until_stopped(nav.pid());
+    until_stopped(planner.pid());
+
+    if rig.missing(Capability::PressEstop).is_none() {
+        // The MCU's own e-stop too; then the input is released: the MCU's latch keeps the
+        // e-stop engaged, so nothing resumes.
+        rig.set_estop(true).unwrap();
+        rig.wait_pins("mcu e-stop pressed", Duration::from_secs(2), |p| {
+            p.estop_pressed
+        })
+        .unwrap();
+        agent.command("input release").unwrap();
+        let src = agent
+            .wait_record(
+                "input released while the mcu holds",
+                Duration::from_secs(3),
+                |r| {
+                    r["payload"]["kind"] == "estop_source"
+                        && r["payload"]["source"] == "input"
+                        && r["payload"]["active"] == false
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            src["payload"]["sources"],
+            serde_json::json!(["mcu"]),
+            "{src}"
+        );
+        rig.set_estop(false).unwrap();
+        rig.wait_pins("mcu e-stop released", Duration::from_secs(2), |p| {
+            !p.estop_pressed
+        })
+        .unwrap();
+        let held = rig.watch_pins(Duration::from_millis(800));
+        assert!(held.iter().all(|p| !p.motor_enabled), "{held:?}");
+        assert_eq!(
+            proc_state(nav.pid()),
+            Some('T'),
+            "resumed while the mcu latch holds"
+        );
+    } else {
+        // Released: the processes resume, but motor power stays off until an operator
+        // clears the e-stop.
+        agent.command("input release").unwrap();
+        agent
+            .wait_record("resume after release", Duration::from_secs(3), |r| {
+                r["payload"]["kind"] == "estop_action" && r["payload"]["action"] == "resume"
+            })
+            .unwrap();
+        let held = rig.watch_pins(Duration::from_millis(1500));
+        assert!(held.iter().all(|p| !p.motor_enabled), "{held:?}");
+        assert!(!rig.last.is_some_and(|p| p.motor_enabled));
+    }
+
+    agent.command("clear").unwrap();
+    assert_eq!(agent.wait_reply(Duration::from_secs(5)).unwrap(), None);
+    agent
+        .wait_event("estop_cleared", Duration::from_secs(3))
+        .unwrap();
+    for name in ["nav", "planner"] {
+        agent
+            .wait_record(
+                &format!("resume step for {name}"),
+                Duration::from_secs(3),
+                |r| {
+                    r["payload"]["kind"] == "estop_action"
+                        && r["payload"]["process"] == name
+                        && r["payload"]["action"] == "resume"
+                        && r["payload"]["ok"] == true
+                },
+            )
+            .unwrap();
+    }
+    assert_ne!(proc_state(nav.pid()), Some('T'));
+    assert_ne!(proc_state(planner.pid()), Some('T'));
+    rig.wait_pins(
+        "motor re-enabled after clear",
+        Duration::from_secs(5),
+        |p| p.motor_enabled,
+    )
+    .unwrap();
+}
+
+#[test]
+fn serial_noise_is_survived_and_counted() {
+    let Some((_g, mut rig)) = rig_with(
+        Image::Normal,
+        &[Capability::InjectNoise, Capability::ReadMotorEnable],
+    ) else {
+        return;
+    };
     let mut agent = agent(&rig, &[]);
     until_armed(&mut rig, &mut agent);
     for _ in 0..5 {
-        rig.send(proto::RigCmd::InjectNoise(400)).unwrap();
+        rig.inject_noise(400).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     let state = agent
@@ -324,10 +538,12 @@ fn serial_noise_is_survived_and_counted() {
 
 #[test]
 fn port_closed_and_reopened_reconnects() {
-    let (_g, mut rig) = rig(Image::Normal);
-    if skip_unless_emulated(&rig, "replugging the board") {
+    let Some((_g, mut rig)) = rig_with(
+        Image::Normal,
+        &[Capability::Replug, Capability::ReadMotorEnable],
+    ) else {
         return;
-    }
+    };
     let mut agent = agent(&rig, &[]);
     until_armed(&mut rig, &mut agent);
     rig.replug(Duration::from_millis(1500), Image::Normal)
@@ -351,10 +567,12 @@ fn port_closed_and_reopened_reconnects() {
 
 #[test]
 fn firmware_with_other_protocol_version_never_enables_motors() {
-    let (_g, mut rig) = rig(Image::Mismatch);
-    if skip_unless_emulated(&rig, "booting the mismatch firmware") {
+    let Some((_g, mut rig)) = rig_with(
+        Image::Mismatch,
+        &[Capability::BootMismatchImage, Capability::ReadMotorEnable],
+    ) else {
         return;
-    }
+    };
     let mut agent = agent(&rig, &[]);
     let ev = agent
         .wait_event("mcu_protocol_mismatch", boot(&rig))
@@ -455,7 +673,7 @@ fn host_with_other_protocol_version_is_refused_by_firmware() {
     }
     assert_eq!(ack, Some((PROTOCOL_VERSION, false)));
     assert_eq!(refusals, 6, "every enable request refused");
-    if rig.is_emulated() {
+    if rig.missing(Capability::ReadMotorEnable).is_none() {
         assert!(!rig.last.is_some_and(|p| p.motor_enabled));
         let pins = rig.watch_pins(Duration::from_millis(300));
         assert!(pins.iter().all(|p| !p.motor_enabled));

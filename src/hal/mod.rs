@@ -1,9 +1,12 @@
 //! Board GPIO: a small [`Gpio`] trait with a simulated backend ([`sim::SimGpio`], tests and
-//! machines without GPIO) and an rppal backend (`rpi` feature, Raspberry Pi only).
+//! machines without GPIO), a Linux GPIO character-device backend ([`cdev::CdevGpio`], any
+//! board, `/dev/gpiochipN`) and an rppal backend (`rpi` feature, Raspberry Pi only).
 //!
 //! Uses: a status LED blinking a code per agent state ([`Pattern`]), an optional e-stop
-//! input pin (a button on the compute box, reported as a critical event and on a `watch`),
-//! and a sensor-power relay with a power-cycle action (control op `relay.power_cycle`).
+//! input pin (a button on the compute box: reported to the e-stop engine
+//! [`crate::estop`], which applies the same policy as for the MCU's e-stop and has the MCU
+//! link cut motor power), and a sensor-power relay with a power-cycle action (control op
+//! `relay.power_cycle`). The HIL suite's bench rigs drive their pins through this module too.
 //!
 //! # Invariants
 //! - Every GPIO call runs on one dedicated thread ([`Driver`]); the async side talks to it
@@ -12,10 +15,12 @@
 //!   error counts as pressed.
 //! - Pin levels are not relied upon after the agent exits (rppal resets pins on drop).
 
+pub mod cdev;
 #[cfg(feature = "rpi")]
 pub mod rpi;
 pub mod sim;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +34,9 @@ pub const DEFAULT_POWER_CYCLE_OFF: Duration = Duration::from_secs(2);
 pub const DEFAULT_ESTOP_DEBOUNCE: Duration = Duration::from_millis(30);
 /// The driver thread's step: LED timing and e-stop sampling resolution.
 pub const STEP: Duration = Duration::from_millis(10);
+/// Default chip of the `cdev` backend: the SoC's main GPIO controller on a Raspberry Pi
+/// (4, and 5 since kernel 6.6) and on most single-board computers.
+pub const DEFAULT_CHIP: &str = "/dev/gpiochip0";
 
 /// GPIO errors.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A line of a GPIO chip (`cdev` backend) could not be used.
+    #[error("gpio line {line} on {chip}: {reason}")]
+    Line {
+        /// Chip path.
+        chip: String,
+        /// Line offset.
+        line: u32,
+        /// Why.
+        reason: String,
+    },
     /// The driver thread is gone.
     #[error("gpio driver thread is not running")]
     NotRunning,
@@ -64,11 +82,18 @@ pub trait Gpio: Send + 'static {
     /// # Errors
     /// [`Error::Pin`].
     fn output(&mut self, pin: u8, high: bool) -> Result<(), Error>;
+    /// Configures `pin` as an input with `bias`.
+    ///
+    /// # Errors
+    /// [`Error::Pin`] / [`Error::Line`].
+    fn input(&mut self, pin: u8, bias: Bias) -> Result<(), Error>;
     /// Configures `pin` as an input with a pull-up.
     ///
     /// # Errors
-    /// [`Error::Pin`].
-    fn input_pullup(&mut self, pin: u8) -> Result<(), Error>;
+    /// [`Error::Pin`] / [`Error::Line`].
+    fn input_pullup(&mut self, pin: u8) -> Result<(), Error> {
+        self.input(pin, Bias::PullUp)
+    }
     /// Drives an output.
     ///
     /// # Errors
@@ -81,6 +106,19 @@ pub trait Gpio: Send + 'static {
     fn read(&mut self, pin: u8) -> Result<bool, Error>;
 }
 
+/// An input's pull resistor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Bias {
+    /// Pull-up.
+    PullUp,
+    /// Pull-down.
+    PullDown,
+    /// None: the line floats unless something drives it.
+    #[default]
+    None,
+}
+
 /// Which backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -88,8 +126,10 @@ pub enum Backend {
     /// In-memory pins (no hardware).
     #[default]
     Sim,
-    /// Raspberry Pi GPIO through rppal (needs the `rpi` feature).
+    /// Raspberry Pi GPIO through rppal (needs the `rpi` feature). Pins are BCM numbers.
     Rpi,
+    /// Linux GPIO character device `chip`. Pins are line offsets on that chip.
+    Cdev,
 }
 
 /// An output pin.
@@ -109,6 +149,8 @@ pub struct OutputPin {
 pub struct Config {
     /// Backend.
     pub backend: Backend,
+    /// GPIO chip of the `cdev` backend.
+    pub chip: PathBuf,
     /// Status LED.
     pub status_led: Option<OutputPin>,
     /// E-stop input (BCM pin, pull-up, normally-closed contact to GND: high = pressed).
@@ -127,6 +169,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             backend: Backend::Sim,
+            chip: PathBuf::from(DEFAULT_CHIP),
             status_led: None,
             estop_input: None,
             estop_debounce: DEFAULT_ESTOP_DEBOUNCE,
@@ -147,7 +190,9 @@ impl Config {
             ("hal.sensor_relay.pin", self.sensor_relay.map(|p| p.pin)),
         ] {
             let Some(pin) = pin else { continue };
-            if pin > 27 {
+            // BCM numbering for rpi (and sim, which stands in for it); cdev line offsets
+            // are checked against the chip when it is opened.
+            if pin > 27 && self.backend != Backend::Cdev {
                 problems.push(Problem::new(
                     key,
                     format!("BCM pin {pin} does not exist on the 40-pin header (0..=27)"),
@@ -387,11 +432,12 @@ impl Driver {
 /// Opens the configured backend.
 ///
 /// # Errors
-/// [`Error::Unavailable`] when the backend cannot run here (not a Pi, no permission,
-/// fleetlet built without `rpi`).
+/// [`Error::Unavailable`] when the backend cannot run here (not a Pi, no such GPIO chip,
+/// no permission, fleetlet built without `rpi`).
 pub fn open(cfg: &Config) -> Result<Box<dyn Gpio>, Error> {
     match cfg.backend {
         Backend::Sim => Ok(Box::new(sim::SimGpio::default())),
+        Backend::Cdev => Ok(Box::new(cdev::CdevGpio::open(&cfg.chip)?)),
         #[cfg(feature = "rpi")]
         Backend::Rpi => Ok(Box::new(rpi::RpiGpio::new()?)),
         #[cfg(not(feature = "rpi"))]
@@ -402,13 +448,44 @@ pub fn open(cfg: &Config) -> Result<Box<dyn Gpio>, Error> {
     }
 }
 
+/// Reports the debounced e-stop input to the e-stop engine as [`Source::Input`](crate::estop::Source::Input)
+/// on every change (and once at start if it is already pressed), until `cancel`.
+pub fn forward_estop(
+    handle: &Handle,
+    estop: crate::estop::Handle,
+    pin: u8,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut rx = handle.estop();
+    tracker.spawn(async move {
+        let detail = serde_json::json!({ "pin": pin });
+        let pressed = *rx.borrow_and_update();
+        if pressed {
+            estop.report(crate::estop::Source::Input, true, detail.clone());
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let pressed = *rx.borrow_and_update();
+            estop.report(crate::estop::Source::Input, pressed, detail.clone());
+        }
+    });
+}
+
 /// Starts the GPIO subsystem: opens the backend, spawns the driver thread, follows the
-/// status registry with the LED, reports e-stop input edges as critical events, and
-/// registers the control op `relay.power_cycle`.
+/// status registry with the LED, reports e-stop input edges as critical events and to the
+/// e-stop engine, and registers the control op `relay.power_cycle`.
 ///
 /// # Errors
-/// [`Error::Unavailable`] / [`Error::Pin`].
-pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handle, Error> {
+/// [`Error::Unavailable`] / [`Error::Pin`] / [`Error::Line`].
+pub async fn start(
+    svc: &crate::runtime::Services,
+    cfg: &Config,
+    estop: crate::estop::Handle,
+) -> Result<Handle, Error> {
     let reporter = svc.status.register("hal");
     let cfg2 = cfg.clone();
     let driver = tokio::task::spawn_blocking(move || {
@@ -421,8 +498,17 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         reason: e.to_string(),
     })??;
     let handle = driver.spawn(svc.cancel.child_token())?;
+    if let Some(pin) = cfg.estop_input {
+        forward_estop(
+            &handle,
+            estop.clone(),
+            pin,
+            &svc.tracker,
+            svc.cancel.child_token(),
+        );
+    }
     reporter.set_state(crate::status::SubsystemState::Running);
-    reporter.set_detail(serde_json::json!({ "backend": cfg.backend, "status_led": cfg.status_led, "estop_input": cfg.estop_input, "sensor_relay": cfg.sensor_relay }));
+    reporter.set_detail(serde_json::json!({ "backend": cfg.backend, "chip": (cfg.backend == Backend::Cdev).then(|| cfg.chip.display().to_string()), "status_led": cfg.status_led, "estop_input": cfg.estop_input, "sensor_relay": cfg.sensor_relay }));
 
     let (h, status, telemetry, cancel) = (
         handle.clone(),
@@ -430,6 +516,7 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         svc.telemetry.clone(),
         svc.cancel.child_token(),
     );
+    let engine = estop;
     svc.tracker.spawn(async move {
         let mut estop = h.estop();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -444,7 +531,8 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
                 }
             }
             let snap = status.snapshot();
-            let pressed = *estop.borrow();
+            // The e-stop code shows for any source (this pin or the MCU).
+            let pressed = *estop.borrow() || engine.state().engaged();
             h.set_pattern(Pattern::for_states(snap.iter().filter(|(k, _)| **k != "hal").map(|(_, r)| r.state), pressed));
         }
     });

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rppal::gpio::{InputPin, Level, OutputPin};
 
-use super::{Error, Gpio};
+use super::{Bias, Error, Gpio};
 
 /// rppal-backed pins.
 pub struct RpiGpio {
@@ -53,9 +53,14 @@ impl Gpio for RpiGpio {
         Ok(())
     }
 
-    fn input_pullup(&mut self, pin: u8) -> Result<(), Error> {
+    fn input(&mut self, pin: u8, bias: Bias) -> Result<(), Error> {
         let p = self.pin(pin)?;
-        self.inputs.insert(pin, p.into_input_pullup());
+        let input = match bias {
+            Bias::PullUp => p.into_input_pullup(),
+            Bias::PullDown => p.into_input_pulldown(),
+            Bias::None => p.into_input(),
+        };
+        self.inputs.insert(pin, input);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Error, Gpio};
+use super::{Bias, Error, Gpio};
 
 #[derive(Debug, Default)]
 struct Pins {
@@ -47,7 +47,7 @@ impl Gpio for SimGpio {
         Ok(())
     }
 
-    fn input_pullup(&mut self, pin: u8) -> Result<(), Error> {
+    fn input(&mut self, pin: u8, _bias: Bias) -> Result<(), Error> {
         self.lock().inputs.entry(pin).or_insert(false);
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Topic bridge: ROS 2 topics forwarded as telemetry records.
 //!
-//! Each [`Forward`] entry gets a raw subscription (bytes only, no deserialization in the spin
-//! thread). The bridge task throttles first and only deserializes the messages it keeps, so
-//! a 1 kHz topic forwarded at 10 Hz costs 10 decodes per second, not 1000. Kept messages are
+//! Each [`Forward`] entry gets a raw subscription (bytes only, nothing deserialized) drained
+//! on the spin thread, where the throttle runs: only the messages it keeps are handed to the
+//! entry's task, which deserializes them. A 1 kHz topic forwarded at 10 Hz costs 10 decodes
+//! and 10 task wake-ups per second, not 1000. Kept messages are
 //! converted to JSON through r2r's untyped support (any type compiled into this build), cut
 //! down to the selected fields, and emitted on the entry's stream with its priority.
 //!
@@ -13,74 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::{watch_qos, Ros2};
+use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
 use super::Error;
-use crate::telemetry::{Priority, Sink};
-
-/// A forwarded topic (same shape as the workload manifest's `[[forward]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Forward {
-    /// Fully qualified topic.
-    pub topic: String,
-    /// Message type, `pkg/msg/Type`.
-    #[serde(rename = "type")]
-    pub msg_type: String,
-    /// At most this many records per second (unset: every message).
-    #[serde(default)]
-    pub max_rate_hz: Option<f64>,
-    /// Dotted field paths to keep (`pose.pose.position`); empty keeps everything.
-    #[serde(default)]
-    pub fields: Vec<String>,
-    /// Telemetry priority.
-    #[serde(default = "default_priority")]
-    pub priority: Priority,
-    /// Stream name; default `ros` + topic.
-    #[serde(default)]
-    pub stream: Option<String>,
-}
-
-fn default_priority() -> Priority {
-    Priority::Bulk
-}
-
-impl Forward {
-    /// The telemetry stream.
-    pub fn stream_name(&self) -> String {
-        self.stream
-            .clone()
-            .unwrap_or_else(|| format!("ros{}", self.topic))
-    }
-
-    /// Problems as `(key, message)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if !self.topic.starts_with('/') {
-            out.push((
-                "topic".into(),
-                format!("{:?} must be absolute (start with /)", self.topic),
-            ));
-        }
-        if self.msg_type.split('/').count() != 3 {
-            out.push((
-                "type".into(),
-                format!("{:?} is not pkg/msg/Type", self.msg_type),
-            ));
-        }
-        if let Some(r) = self.max_rate_hz {
-            if !(r.is_finite() && r > 0.0) {
-                out.push(("max_rate_hz".into(), format!("{r} must be > 0")));
-            }
-        }
-        out
-    }
-}
+use crate::telemetry::Sink;
+pub use crate::workload::Forward;
 
 /// Throttle: lets through at most `rate` events per second on average, evenly spaced.
 #[derive(Debug, Clone)]
@@ -157,7 +98,14 @@ pub struct Counters {
     pub throttled: AtomicU64,
     /// Messages that could not be decoded.
     pub decode_errors: AtomicU64,
+    /// Messages the throttle passed but the bridge task was too far behind to take
+    /// (more than [`BRIDGE_QUEUE_DEPTH`] waiting).
+    pub overflow: Arc<AtomicU64>,
 }
+
+/// Messages waiting between the spin thread and a bridge task: a burst of an unthrottled
+/// topic fits; beyond it the newest are dropped and counted (the spin thread never blocks).
+pub const BRIDGE_QUEUE_DEPTH: usize = 64;
 
 /// A running bridge entry.
 #[derive(Debug, Clone)]
@@ -168,7 +116,8 @@ pub struct Bridged {
     pub counters: Arc<Counters>,
 }
 
-/// Starts forwarding every entry.
+/// Starts forwarding every entry. Each entry is a raw tap ([`Ros2::tap_raw`]): the throttle
+/// runs on the spin thread, so a dropped message is never copied to, nor wakes, async code.
 ///
 /// # Errors
 /// [`Error::UnknownType`] for a type not compiled in, [`Error::Rcl`] when subscribing fails.
@@ -181,29 +130,34 @@ pub async fn start(
 ) -> Result<Vec<Bridged>, Error> {
     let mut out = Vec::new();
     for f in forwards {
-        let topic = f.topic.clone();
-        let ty = f.msg_type.clone();
-        let stream = ros
-            .with_node(move |n| {
-                if let Err(e) = r2r::WrappedNativeMsgUntyped::new_from(&ty) {
-                    return Err(Error::UnknownType {
-                        topic,
-                        msg_type: ty,
-                        reason: e.to_string(),
-                    });
-                }
-                n.subscribe_raw(&topic, &ty, watch_qos())
-                    .map_err(|e| Error::rcl(format!("subscribe {topic} ({ty})"), e))
-            })
-            .await??;
+        let mut throttle = Throttle::new(f.max_rate_hz);
+        let depth = tap_depth(f.max_rate_hz, ros.min_spin_interval());
         let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let rx = ros
+            .tap_raw(
+                &f.topic,
+                &f.msg_type,
+                watch_qos(depth),
+                BRIDGE_QUEUE_DEPTH,
+                Box::new(move |_bytes: &[u8]| {
+                    c.received.fetch_add(1, Ordering::Relaxed);
+                    let pass = throttle.admit(Instant::now());
+                    if !pass {
+                        c.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    pass
+                }),
+                counters.overflow.clone(),
+            )
+            .await?;
         let b = Bridged {
             forward: f.clone(),
             counters: counters.clone(),
         };
         tracker.spawn(run_entry(
             f.clone(),
-            stream,
+            rx,
             counters,
             sink.clone(),
             cancel.clone(),
@@ -213,25 +167,29 @@ pub async fn start(
     Ok(out)
 }
 
+/// DDS queue depth of a bridge tap: only the latest message when the throttle interval spans
+/// at least two paced spin intervals (everything older would be throttled anyway), else
+/// every message.
+pub fn tap_depth(max_rate_hz: Option<f64>, min_spin_interval: Duration) -> usize {
+    match max_rate_hz {
+        Some(r) if r > 0.0 && r * min_spin_interval.as_secs_f64() <= 0.5 => 1,
+        _ => LOSSLESS_DEPTH,
+    }
+}
+
 async fn run_entry(
     f: Forward,
-    mut stream: impl futures::Stream<Item = Vec<u8>> + Unpin,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     counters: Arc<Counters>,
     sink: Sink,
     cancel: CancellationToken,
 ) {
     let stream_name = f.stream_name();
-    let mut throttle = Throttle::new(f.max_rate_hz);
     loop {
         let bytes = tokio::select! {
             () = cancel.cancelled() => break,
-            m = stream.next() => match m { Some(b) => b, None => break },
+            m = rx.recv() => match m { Some(b) => b, None => break },
         };
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        if !throttle.admit(Instant::now()) {
-            counters.throttled.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
         match decode(&f.msg_type, &bytes) {
             Ok(v) => {
                 sink.emit(
@@ -293,6 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn only_a_throttle_slower_than_two_spin_intervals_keeps_just_the_latest_message() {
+        let pace = Duration::from_millis(10);
+        assert_eq!(tap_depth(Some(10.0), pace), 1);
+        assert_eq!(tap_depth(Some(50.0), pace), 1);
+        assert_eq!(tap_depth(Some(51.0), pace), LOSSLESS_DEPTH);
+        assert_eq!(tap_depth(None, pace), LOSSLESS_DEPTH);
+        assert_eq!(tap_depth(Some(10.0), Duration::ZERO), 1);
+    }
+
+    #[test]
     fn field_selection_picks_paths_and_nulls_missing_ones() {
         let v = json!({"pose": {"pose": {"position": {"x": 1.0, "y": 2.0}}}, "poses": [{"x": 5}]});
         let s = select_fields(
@@ -308,20 +276,6 @@ mod tests {
             json!({"pose.pose.position": {"x": 1.0, "y": 2.0}, "poses.0.x": 5, "nope.x": null})
         );
         assert_eq!(select_fields(&v, &[]), v);
-    }
-
-    #[test]
-    fn forward_problems_name_the_key() {
-        let f = Forward {
-            topic: "odom".into(),
-            msg_type: "Odometry".into(),
-            max_rate_hz: Some(0.0),
-            fields: vec![],
-            priority: Priority::Bulk,
-            stream: None,
-        };
-        let keys: Vec<String> = f.problems().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec!["topic", "type", "max_rate_hz"]);
     }
 
     #[test]

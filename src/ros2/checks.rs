@@ -10,13 +10,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::diagnostics::{Diagnostics, Level};
 use super::lifecycle::Lifecycle;
-use super::spin::{watch_qos, Ros2};
+use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
 
 /// Most arrival times kept per topic (e.g. 10 s of a 2 kHz topic); older ones are dropped
 /// first, so a huge window over a fast topic under-reads rather than growing memory.
@@ -123,20 +122,22 @@ impl TopicRates {
         self.topics.lock().ok().and_then(|m| m.get(topic).cloned())
     }
 
-    /// Starts monitoring `topic` (type taken from the graph).
+    /// Starts monitoring `topic` (type taken from the graph). Arrival times are recorded on
+    /// the spin thread (a raw tap whose filter passes nothing), so a monitored topic costs
+    /// no async wake-up per message.
     async fn watch(&self, topic: &str) -> Result<(), String> {
         let t = topic.to_owned();
-        let stream = self
+        let ty = self
             .ros
             .with_node(move |node| {
                 let types = node
                     .get_topic_names_and_types()
                     .map_err(|e| format!("topic {t}: cannot read the ROS graph: {e}"))?;
-                let Some(ty) = types.get(&t).and_then(|v| v.first()).cloned() else {
-                    return Err(format!("topic {t}: no publisher in the ROS graph"));
-                };
-                node.subscribe_raw(&t, &ty, watch_qos())
-                    .map_err(|e| format!("topic {t} ({ty}): cannot subscribe: {e}"))
+                types
+                    .get(&t)
+                    .and_then(|v| v.first())
+                    .cloned()
+                    .ok_or_else(|| format!("topic {t}: no publisher in the ROS graph"))
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -150,25 +151,44 @@ impl TopicRates {
                 .lock()
                 .map_err(|_| "rate monitors poisoned".to_owned())?;
             if m.contains_key(topic) {
-                return Ok(()); // raced with another check; the extra stream is dropped
+                return Ok(()); // raced with another check
             }
             m.insert(topic.to_owned(), samples.clone());
         }
-        let cancel = self.cancel.clone();
-        let mut stream = stream;
-        self.tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    msg = stream.next() => {
-                        if msg.is_none() { break; }
-                        if let Ok(mut s) = samples.lock() {
-                            s.times.push_back(Instant::now());
-                            while s.times.len() > MAX_SAMPLES { s.times.pop_front(); }
+        let recorder = samples.clone();
+        let tapped = self
+            .ros
+            .tap_raw(
+                topic,
+                &ty,
+                watch_qos(LOSSLESS_DEPTH),
+                1,
+                Box::new(move |_| {
+                    if let Ok(mut s) = recorder.lock() {
+                        s.times.push_back(Instant::now());
+                        while s.times.len() > MAX_SAMPLES {
+                            s.times.pop_front();
                         }
                     }
+                    false
+                }),
+                Arc::default(),
+            )
+            .await;
+        let rx = match tapped {
+            Ok(rx) => rx,
+            Err(e) => {
+                if let Ok(mut m) = self.topics.lock() {
+                    m.remove(topic);
                 }
+                return Err(format!("topic {topic} ({ty}): cannot subscribe: {e}"));
             }
+        };
+        // The tap lives as long as its receiver: keep it until shutdown.
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            cancel.cancelled().await;
+            drop(rx);
         });
         Ok(())
     }

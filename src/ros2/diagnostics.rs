@@ -10,13 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::Ros2;
+use super::spin::{Ros2, LOSSLESS_DEPTH};
 use super::Error;
 use crate::telemetry::{Priority, Sink};
 
@@ -87,24 +86,32 @@ impl Diagnostics {
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, Error> {
-        let t = topic.to_owned();
-        let mut stream = ros
-            .with_node(move |n| {
-                n.subscribe::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
-                    &t,
-                    r2r::QosProfile::default(),
-                )
-                .map_err(|e| Error::rcl(format!("subscribe {t}"), e))
-            })
-            .await??;
+        use r2r::WrappedTypesupport;
+        type Array = r2r::diagnostic_msgs::msg::DiagnosticArray;
+        // A raw tap (drained on the spin thread, every message kept across a paced spin
+        // interval), decoded here.
+        let mut rx = ros
+            .tap_raw(
+                topic,
+                "diagnostic_msgs/msg/DiagnosticArray",
+                r2r::QosProfile::default().keep_last(LOSSLESS_DEPTH),
+                LOSSLESS_DEPTH,
+                Box::new(|_| true),
+                Arc::default(),
+            )
+            .await?;
         let me = Self::default();
         let agg = me.clone();
+        let topic = topic.to_owned();
         tracker.spawn(async move {
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    msg = stream.next() => match msg {
-                        Some(arr) => agg.ingest(&arr, &sink),
+                    msg = rx.recv() => match msg {
+                        Some(bytes) => match Array::from_serialized_bytes(&bytes) {
+                            Ok(arr) => agg.ingest(&arr, &sink),
+                            Err(e) => tracing::debug!(topic = %topic, error = %e, "undecodable diagnostics message"),
+                        },
                         None => break,
                     }
                 }

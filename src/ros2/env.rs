@@ -268,11 +268,25 @@ impl Ros2Env {
         cmd.envs(self.child_vars());
     }
 
+    /// Whether the process environment already holds exactly these values (set ones equal,
+    /// unset ones absent). Reads only.
+    pub fn matches_own_process(&self) -> bool {
+        self.child_vars()
+            .iter()
+            .all(|(k, v)| std::env::var(k).ok().as_deref() == Some(v.as_str()))
+            && self
+                .cleared_vars()
+                .iter()
+                .all(|k| std::env::var_os(k).is_none())
+    }
+
     /// Applies this environment to the agent's own process so its r2r context (created once
     /// per process, reading these variables) joins the same graph and every child inherits
-    /// it. The spin thread calls it right before the context is created; `main` may call it
-    /// earlier, before the tokio runtime starts its threads (setenv is not thread-safe
-    /// against concurrent getenv in C code) — applying the same values twice is harmless.
+    /// it. `fleetlet run` calls it in `main`, before any other thread exists (setenv is not
+    /// thread-safe against concurrent getenv, in C code in particular); the spin thread then
+    /// finds [`Ros2Env::matches_own_process`] true and writes nothing. Embedders that skip
+    /// `main` (tests, benches) get it applied by [`super::Ros2::start`] before the context
+    /// exists, while no DDS thread runs yet.
     pub fn apply_to_own_process(&self) {
         for k in self.cleared_vars() {
             std::env::remove_var(k);

@@ -6,6 +6,12 @@
 //! (active → inactive → unconfigured). [`Lifecycle::ensure_active`] is what the supervisor
 //! calls after (re)starting a managed node: a respawned node comes back `unconfigured` and
 //! only counts as ready once it is driven to `active` again.
+//!
+//! Teardown before stop: [`Teardown`] is the supervisor's [`PreStop`] hook. Before a managed
+//! node's process gets the stop ladder's SIGINT, its lifecycle nodes (those named by its
+//! `ros2_lifecycle` checks) are driven deactivate → cleanup. The supervisor stops processes
+//! in reverse dependency order and runs the hook first for each, so nodes are torn down in
+//! reverse bring-up order; it bounds the hook by [`Teardown`]'s timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +22,8 @@ use r2r::lifecycle_msgs::srv::{ChangeState, GetState};
 
 use super::spin::Ros2;
 use super::Error;
+use crate::supervisor::PreStop;
+use crate::workload::{CheckKind, ProcessSpec};
 
 /// How long to wait for a node's lifecycle services to appear (node still starting).
 pub const DEFAULT_SERVICE_WAIT: Duration = Duration::from_secs(10);
@@ -288,6 +296,60 @@ impl Lifecycle {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// The lifecycle nodes a process declares through its `ros2_lifecycle` checks (readiness
+/// first, no duplicates, as fully qualified names).
+pub fn managed_nodes(spec: &ProcessSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in [&spec.readiness, &spec.liveness].into_iter().flatten() {
+        if let CheckKind::Ros2Lifecycle(l) = &c.kind {
+            let n = fq_name(&l.node);
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// The supervisor's pre-stop hook: a process's lifecycle nodes are driven to `unconfigured`
+/// (deactivate → cleanup, in reverse of their declaration order) before it gets SIGINT.
+#[derive(Debug, Clone)]
+pub struct Teardown {
+    lifecycle: Lifecycle,
+    timeout: Duration,
+}
+
+impl Teardown {
+    /// Tears down through `lifecycle`; the supervisor waits at most `timeout` per process.
+    pub fn new(lifecycle: Lifecycle, timeout: Duration) -> Self {
+        Self { lifecycle, timeout }
+    }
+}
+
+impl PreStop for Teardown {
+    fn pre_stop(
+        &self,
+        process: &str,
+        spec: &ProcessSpec,
+    ) -> Option<futures::future::BoxFuture<'static, Result<(), String>>> {
+        let nodes = managed_nodes(spec);
+        if nodes.is_empty() {
+            return None;
+        }
+        let lc = self.lifecycle.clone();
+        let process = process.to_owned();
+        Some(Box::pin(async move {
+            lc.teardown(&nodes).await.map_err(|e| e.to_string())?;
+            tracing::info!(process = %process, nodes = ?nodes, "lifecycle nodes deactivated and cleaned up before stop");
+            Ok(())
+        }))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

@@ -88,12 +88,26 @@ pub struct Handle {
     pub bridged: Vec<bridge::Bridged>,
     /// Drive unconfigured lifecycle nodes to active in `ros2_lifecycle` checks.
     pub lifecycle_autostart: bool,
+    /// Lifecycle teardown before stop (None: disabled).
+    pub teardown: Option<lifecycle::Teardown>,
 }
 
 impl Handle {
     /// The check provider to pass to [`crate::supervisor::start`].
     pub fn provider(&self) -> std::sync::Arc<dyn crate::supervisor::CheckProvider> {
         provider::Provider::new(self.checker.clone(), self.lifecycle_autostart).shared()
+    }
+
+    /// Everything the supervisor takes from ROS 2 ([`crate::supervisor::start_with_hooks`]):
+    /// the check provider and the lifecycle teardown before stop.
+    pub fn supervisor_hooks(&self) -> crate::supervisor::Hooks {
+        crate::supervisor::Hooks {
+            checks: Some(self.provider()),
+            pre_stop: self
+                .teardown
+                .clone()
+                .map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn crate::supervisor::PreStop>),
+        }
     }
 
     /// Checks a workload before it is applied: its `[ros2]` section must agree with the
@@ -109,19 +123,7 @@ impl Handle {
         self.ros
             .env()
             .check_workload(w.ros2.domain_id, w.ros2.rmw_implementation.as_deref())?;
-        let forwards: Vec<bridge::Forward> = w
-            .forward
-            .iter()
-            .map(|f| bridge::Forward {
-                topic: f.topic.clone(),
-                msg_type: f.msg_type.clone(),
-                max_rate_hz: f.max_rate_hz,
-                fields: f.fields.clone(),
-                priority: f.priority,
-                stream: f.stream.clone(),
-            })
-            .collect();
-        self.forward(svc, &forwards).await
+        self.forward(svc, &w.forward).await
     }
 
     /// The variables every child process must get (same graph as the agent).
@@ -161,8 +163,9 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
     let env = cfg.resolve_env()?;
     let name = cfg.node_name.clone();
     let timeout = cfg.spin_timeout;
+    let pace = cfg.min_spin_interval;
     let reporter = svc.status.register("ros2");
-    let ros = tokio::task::spawn_blocking(move || Ros2::start(&name, env, timeout))
+    let ros = tokio::task::spawn_blocking(move || Ros2::start(&name, env, timeout, pace))
         .await
         .map_err(|_| Error::NotRunning)??;
     let cancel = svc.cancel.child_token();
@@ -220,6 +223,8 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
                         "received": x.counters.received.load(std::sync::atomic::Ordering::Relaxed),
                         "forwarded": x.counters.forwarded.load(std::sync::atomic::Ordering::Relaxed),
                         "throttled": x.counters.throttled.load(std::sync::atomic::Ordering::Relaxed),
+                        "decode_errors": x.counters.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
+                        "overflow": x.counters.overflow.load(std::sync::atomic::Ordering::Relaxed),
                     })).collect();
                     reporter.set_detail(serde_json::json!({
                         "node": r.node_name(), "env": r.env(), "bridge": topics,
@@ -232,11 +237,15 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         r.shutdown_async().await;
         reporter.set_state(crate::status::SubsystemState::Stopped);
     });
+    let teardown = cfg
+        .lifecycle_teardown
+        .then(|| lifecycle::Teardown::new(lifecycle.clone(), cfg.lifecycle_teardown_timeout));
     Ok(Handle {
         ros,
         checker,
         lifecycle,
         bridged,
         lifecycle_autostart: cfg.lifecycle_autostart,
+        teardown,
     })
 }

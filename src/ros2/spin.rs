@@ -6,6 +6,25 @@
 //! between two spins and answers on a oneshot. Streams and futures r2r hands out
 //! (subscriptions, service responses) are fed by `spin_once` and are polled from tokio tasks.
 //!
+//! Raw taps ([`Ros2::tap_raw`]): r2r hands every message of a raw subscription to a channel
+//! whose reader is normally a tokio task, so each message wakes a worker. A tap's channel is
+//! drained on the spin thread itself right after each spin (polled with a no-op waker, so
+//! r2r's send wakes nobody); a filter runs there on every message and only the messages it
+//! passes cross to async code. A 1 kHz topic throttled to 10 Hz then wakes a tokio worker 10
+//! times a second, not 1000.
+//!
+//! Paced spinning (`min_spin_interval`): r2r takes one message per subscription per spin and
+//! every spin builds a fresh rcl wait set, so a spin thread that wakes for each message of a
+//! 1 kHz topic spins a thousand times a second. Instead, after a spin (and a burst of
+//! non-blocking spins that empties what is queued, while taps keep getting messages) the
+//! thread waits out the rest of `min_spin_interval` on its job queue (jobs still run at once).
+//! Meanwhile messages gather in the DDS reader histories: a throttled bridge tap subscribes
+//! with depth 1 (it only wants the latest), so a 1 kHz topic costs at most one take per
+//! interval; a tap that needs every message (rate monitor, unthrottled bridge) subscribes with
+//! [`LOSSLESS_DEPTH`], enough for `LOSSLESS_DEPTH / min_spin_interval` messages per second.
+//! The price is up to one interval of extra latency on service responses and typed
+//! subscriptions (one message per interval each).
+//!
 //! An r2r node with no subscriptions/clients/timers makes `rcl_wait` return at once, so
 //! spinning it would busy-loop (r2r issue #93). Until the first job has created something,
 //! the thread therefore sleeps on its job channel instead of spinning.
@@ -17,19 +36,64 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use tokio::sync::oneshot;
 
 use super::env::Ros2Env;
 use super::Error;
 
+/// Queue depth of a tap that must see every message, with paced spinning: 100 messages per
+/// `min_spin_interval` (10 kHz at the default 10 ms).
+pub const LOSSLESS_DEPTH: usize = 100;
+/// Most non-blocking spins in one burst: bounds the time jobs wait behind a flood.
+pub const MAX_BURST_SPINS: u32 = 256;
+
 /// Jobs waiting for the spin thread: a burst of subscriptions at start-up fits; a flood
 /// gets back-pressure (`with_node` waits) instead of unbounded memory.
 pub const JOB_QUEUE_DEPTH: usize = 64;
 
-type Job = Box<dyn FnOnce(&mut r2r::Node) + Send>;
+type Job = Box<dyn FnOnce(&mut r2r::Node, &mut Vec<Tap>) + Send>;
+
+/// Decides on the spin thread whether a raw message crosses to async code.
+pub type TapFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+/// A raw subscription drained on the spin thread (see the module doc).
+pub(crate) struct Tap {
+    stream: Box<dyn Stream<Item = Vec<u8>> + Unpin>,
+    filter: TapFilter,
+    out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    overflow: Arc<AtomicU64>,
+}
+
+impl Tap {
+    /// Takes every message r2r has queued, adding their count to `got`; `false` once the
+    /// tap is finished (its reader is gone), and dropping it then ends the subscription.
+    fn drain(&mut self, cx: &mut Context<'_>, got: &mut usize) -> bool {
+        loop {
+            match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(bytes)) => {
+                    *got += 1;
+                    if !(self.filter)(&bytes) {
+                        continue;
+                    }
+                    match self.out.try_send(bytes) {
+                        Ok(()) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                            self.overflow.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                    }
+                }
+                Poll::Ready(None) => return false,
+                Poll::Pending => return !self.out.is_closed(),
+            }
+        }
+    }
+}
 
 /// Handle to the agent's ROS 2 node. Cheap to clone.
 #[derive(Clone)]
@@ -44,6 +108,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     env: Ros2Env,
     node_name: String,
+    min_spin_interval: Duration,
 }
 
 impl std::fmt::Debug for Ros2 {
@@ -65,7 +130,12 @@ impl Ros2 {
     ///
     /// # Errors
     /// [`Error::Rcl`] when the context or node cannot be created, [`Error::Thread`].
-    pub fn start(node_name: &str, env: Ros2Env, spin_timeout: Duration) -> Result<Self, Error> {
+    pub fn start(
+        node_name: &str,
+        env: Ros2Env,
+        spin_timeout: Duration,
+        min_spin_interval: Duration,
+    ) -> Result<Self, Error> {
         let (jobs, rx) = mpsc::sync_channel::<Job>(JOB_QUEUE_DEPTH);
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -78,7 +148,11 @@ impl Ros2 {
         let thread = std::thread::Builder::new()
             .name("ros2-spin".into())
             .spawn(move || {
-                thread_env.apply_to_own_process();
+                // `fleetlet run` applied it in main, single-threaded; others get it here,
+                // before the context (and with it every DDS thread) exists.
+                if !thread_env.matches_own_process() {
+                    thread_env.apply_to_own_process();
+                }
                 let node = r2r::Context::create()
                     .map_err(|e| Error::rcl("create context", e))
                     .and_then(|ctx| {
@@ -95,7 +169,11 @@ impl Ros2 {
                         return;
                     }
                 };
-                spin_loop(&mut node, &rx, &thread_stop, &thread_spins, spin_timeout);
+                let pacing = Pacing {
+                    spin_timeout,
+                    min_spin_interval,
+                };
+                spin_loop(&mut node, &rx, &thread_stop, &thread_spins, pacing);
                 drop(node);
             })
             .map_err(Error::Thread)?;
@@ -118,6 +196,7 @@ impl Ros2 {
                 thread: Mutex::new(Some(thread)),
                 env,
                 node_name: node_name.to_owned(),
+                min_spin_interval,
             }),
         })
     }
@@ -130,6 +209,11 @@ impl Ros2 {
     /// The agent's node name.
     pub fn node_name(&self) -> &str {
         &self.inner.node_name
+    }
+
+    /// The paced spin interval (see the module doc).
+    pub fn min_spin_interval(&self) -> Duration {
+        self.inner.min_spin_interval
     }
 
     /// How many times the node has been spun (a busy-spin shows as a huge number).
@@ -147,10 +231,53 @@ impl Ros2 {
         F: FnOnce(&mut r2r::Node) -> R + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let mut job: Job = Box::new(move |node: &mut r2r::Node| {
+        self.submit(Box::new(move |node: &mut r2r::Node, _: &mut Vec<Tap>| {
             let _ = tx.send(f(node));
-        });
-        // Bounded queue: wait (without blocking a worker) while it is full.
+        }))
+        .await?;
+        rx.await.map_err(|_| Error::NotRunning)
+    }
+
+    /// Subscribes to `topic` (type `msg_type`) without deserializing and drains it on the
+    /// spin thread: `filter` sees every message there, and only those it passes are sent to
+    /// the returned receiver (capacity `depth`; when it is full the message is dropped and
+    /// counted in `overflow`). Dropping the receiver ends the subscription.
+    ///
+    /// # Errors
+    /// [`Error::UnknownType`] for a type without type support in this build, [`Error::Rcl`]
+    /// when subscribing fails, [`Error::NotRunning`].
+    pub async fn tap_raw(
+        &self,
+        topic: &str,
+        msg_type: &str,
+        qos: r2r::QosProfile,
+        depth: usize,
+        filter: TapFilter,
+        overflow: Arc<AtomicU64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error> {
+        let (out, rx) = tokio::sync::mpsc::channel(depth.max(1));
+        let (topic, ty) = (topic.to_owned(), msg_type.to_owned());
+        let (tx, done) = oneshot::channel();
+        self.submit(Box::new(
+            move |node: &mut r2r::Node, taps: &mut Vec<Tap>| {
+                let r = subscribe_raw(node, &topic, &ty, qos).map(|stream| {
+                    taps.push(Tap {
+                        stream,
+                        filter,
+                        out,
+                        overflow,
+                    });
+                });
+                let _ = tx.send(r);
+            },
+        ))
+        .await?;
+        done.await.map_err(|_| Error::NotRunning)??;
+        Ok(rx)
+    }
+
+    /// Queues `job` for the spin thread (waits, off the workers, while the queue is full).
+    async fn submit(&self, mut job: Job) -> Result<(), Error> {
         loop {
             if self.inner.stop.load(Ordering::Acquire) {
                 return Err(Error::NotRunning);
@@ -164,7 +291,7 @@ impl Ros2 {
                 Err(TrySendError::Disconnected(_)) => return Err(Error::NotRunning),
             }
         }
-        rx.await.map_err(|_| Error::NotRunning)
+        Ok(())
     }
 
     /// Whether the spin thread is still running.
@@ -196,41 +323,99 @@ impl Ros2 {
     }
 }
 
+/// A raw subscription after checking that the type is compiled in (r2r's own error for a
+/// missing type is obscure).
+fn subscribe_raw(
+    node: &mut r2r::Node,
+    topic: &str,
+    ty: &str,
+    qos: r2r::QosProfile,
+) -> Result<Box<dyn Stream<Item = Vec<u8>> + Unpin>, Error> {
+    if let Err(e) = r2r::WrappedNativeMsgUntyped::new_from(ty) {
+        return Err(Error::UnknownType {
+            topic: topic.to_owned(),
+            msg_type: ty.to_owned(),
+            reason: e.to_string(),
+        });
+    }
+    let s = node
+        .subscribe_raw(topic, ty, qos)
+        .map_err(|e| Error::rcl(format!("subscribe {topic} ({ty})"), e))?;
+    Ok(Box::new(s))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    spin_timeout: Duration,
+    min_spin_interval: Duration,
+}
+
 fn spin_loop(
     node: &mut r2r::Node,
     jobs: &mpsc::Receiver<Job>,
     stop: &AtomicBool,
     spins: &AtomicU64,
-    spin_timeout: Duration,
+    pacing: Pacing,
 ) {
+    let mut taps: Vec<Tap> = Vec::new();
+    // Taps are polled with a waker that does nothing: r2r's send into their channel then
+    // wakes no task; the spin thread drains them itself after every spin.
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let mut drain = |taps: &mut Vec<Tap>| {
+        let mut got = 0;
+        taps.retain_mut(|t| t.drain(&mut cx, &mut got));
+        got
+    };
     // Nothing to wait on yet: rcl_wait would return immediately (busy spin), so sleep on the
     // job channel until the first job creates an entity.
     let mut has_entities = false;
     while !stop.load(Ordering::Acquire) {
         if !has_entities {
-            match jobs.recv_timeout(spin_timeout) {
+            match jobs.recv_timeout(pacing.spin_timeout) {
                 Ok(job) => {
-                    job(node);
+                    job(node, &mut taps);
                     has_entities = true;
                 }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        node.spin_once(spin_timeout);
+        let started = std::time::Instant::now();
+        node.spin_once(pacing.spin_timeout);
         spins.fetch_add(1, Ordering::Relaxed);
+        // One message per subscription per spin: spin again without blocking while taps
+        // still get messages, so what gathered during the pause is taken now.
+        let mut burst = 0;
+        while drain(&mut taps) > 0 && burst < MAX_BURST_SPINS {
+            node.spin_once(Duration::ZERO);
+            spins.fetch_add(1, Ordering::Relaxed);
+            burst += 1;
+        }
         loop {
             match jobs.try_recv() {
-                Ok(job) => job(node),
+                Ok(job) => job(node, &mut taps),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        // Pause for the rest of the interval, running jobs as they come.
+        while let Some(rest) = pacing
+            .min_spin_interval
+            .checked_sub(started.elapsed())
+            .filter(|r| !r.is_zero())
+        {
+            match jobs.recv_timeout(rest) {
+                Ok(job) => job(node, &mut taps),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 }
 
 /// A QoS for watching and bridging topics: best effort matches both reliable and
-/// best-effort publishers; depth 10 as ROS 2 sensor-data profiles do.
-pub fn watch_qos() -> r2r::QosProfile {
-    r2r::QosProfile::sensor_data()
+/// best-effort publishers; `depth` messages kept between two takes (1: only the latest;
+/// [`LOSSLESS_DEPTH`]: every message survives a paced spin interval).
+pub fn watch_qos(depth: usize) -> r2r::QosProfile {
+    r2r::QosProfile::sensor_data().keep_last(depth.max(1))
 }

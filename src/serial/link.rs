@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{self, Faults, HostMsg, McuMsg, Refusal, Status, PROTOCOL_VERSION};
-use super::{Command, Config, Deps, Error, EstopAction, Io, LinkState, Port, Workload};
+use super::{Command, Config, Deps, Error, Io, LinkState, Port, Workload};
+use crate::estop::Source;
 use crate::status::{Metric, SubsystemState};
 use crate::telemetry::Priority;
 
@@ -29,13 +30,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// Telemetry stream of the periodic MCU record.
 const STREAM: &str = "mcu";
-
-/// One step of the e-stop policy, executed in order by the policy worker.
-#[derive(Debug, Clone, Copy)]
-enum PolicyStep {
-    Engage,
-    Release,
-}
 
 /// An operator command waiting for the MCU's answer.
 struct Pending {
@@ -74,13 +68,20 @@ pub struct Link {
     seq: u32,
     rtts: VecDeque<u64>,
     in_flight: VecDeque<(u32, Instant)>,
+    /// The MCU's e-stop level last reported to the e-stop engine.
     estop_engaged: bool,
+    /// The e-stop engine's levels (the board's e-stop input among them).
+    estop: watch::Receiver<crate::estop::State>,
+    /// Input presses an operator has cleared (`mcu.clear_estop` / `mcu.arm`); motor power
+    /// stays off while the engine has counted more.
+    input_presses_cleared: u64,
+    /// Input presses the link has sent `Disarm` for.
+    input_presses_disarmed: u64,
     operator_disarmed: bool,
     healthy: bool,
     last_enable_request: Option<Instant>,
     last_status_refresh: Option<Instant>,
     last_reported_error: Option<String>,
-    policy: Option<mpsc::Sender<PolicyStep>>,
 }
 
 impl Link {
@@ -92,6 +93,7 @@ impl Link {
         commands: mpsc::Receiver<Command>,
         state_tx: watch::Sender<LinkState>,
     ) -> Self {
+        let estop = deps.estop.subscribe();
         Self {
             deps,
             cfg,
@@ -104,12 +106,14 @@ impl Link {
             rtts: VecDeque::with_capacity(RTT_SAMPLES),
             in_flight: VecDeque::with_capacity(IN_FLIGHT),
             estop_engaged: false,
+            estop,
+            input_presses_cleared: 0,
+            input_presses_disarmed: 0,
             operator_disarmed: false,
             healthy: true,
             last_enable_request: None,
             last_status_refresh: None,
             last_reported_error: None,
-            policy: None,
         }
     }
 
@@ -118,15 +122,6 @@ impl Link {
     /// # Cancel safety
     /// Meant to be spawned; on cancel it sends `Disarm` (best effort) and returns.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let (policy_tx, policy_rx) = mpsc::channel(16);
-        self.policy = Some(policy_tx);
-        self.deps.tracker.spawn(policy_worker(
-            policy_rx,
-            self.workload.clone(),
-            self.cfg.estop.clone(),
-            self.deps.telemetry.clone(),
-            cancel.child_token(),
-        ));
         self.deps.status.set_state(SubsystemState::Starting);
         let mut backoff = self.cfg.reconnect_min;
         loop {
@@ -286,6 +281,8 @@ impl Link {
         self.state.last_error = None;
         self.last_reported_error = None;
         self.last_enable_request = None;
+        // A new session starts disarmed: presses so far need no Disarm of their own.
+        self.input_presses_disarmed = self.estop.borrow_and_update().input_presses;
         self.deps.status.set_state(SubsystemState::Running);
         tracing::info!(port = %self.port.name(), %firmware, board = board.name(), protocol, "mcu link up");
         self.deps.telemetry.event(
@@ -358,6 +355,11 @@ impl Link {
                 Some(cmd) = self.commands.recv(), if pending.is_none() => {
                     pending = self.command(&mut wr, cmd).await?;
                 }
+                r = self.estop.changed() => {
+                    if r.is_ok() {
+                        self.on_estop_input(&mut wr).await?;
+                    }
+                }
             }
         }
     }
@@ -378,6 +380,9 @@ impl Link {
 
     /// One heartbeat tick: send only while healthy; request enable when due.
     async fn heartbeat(&mut self, wr: &mut WriteHalf<Box<dyn Io>>) -> Result<(), Error> {
+        // The input's level as of now, even if its change is not handled yet: enable is
+        // never requested in the gap between a press and its `Disarm`.
+        self.sync_input_state();
         let live = self.deps.liveness.is_live();
         let motion_ok = self.workload.motion_ok(&self.cfg.motion_critical);
         let healthy = live && motion_ok;
@@ -409,6 +414,10 @@ impl Link {
             self.state.heartbeats_withheld += 1;
             return Ok(());
         }
+        if self.state.estop_input_pressed && self.state.motor_enabled {
+            // The Disarm sent on the press was lost or raced an enable: send it again.
+            self.send(wr, HostMsg::Disarm).await?;
+        }
         let seq = self.send(wr, HostMsg::Heartbeat).await?;
         if self.in_flight.len() == IN_FLIGHT {
             self.in_flight.pop_front();
@@ -421,6 +430,7 @@ impl Link {
             .map_or(true, |t| t.elapsed() >= ENABLE_RETRY);
         if self.cfg.auto_enable
             && !self.operator_disarmed
+            && !self.state.estop_input_uncleared
             && due
             && !self.state.motor_enabled
             && !self.state.estop_pressed
@@ -440,6 +450,11 @@ impl Link {
         cmd: Command,
     ) -> Result<Option<Pending>, Error> {
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        self.sync_input_state();
+        if self.state.estop_input_pressed && !matches!(cmd, Command::Disarm(_)) {
+            reply_of(cmd).send(Err(Error::EstopInputPressed)).ok();
+            return Ok(None);
+        }
         let pending = match cmd {
             Command::Arm(reply) => {
                 if !self.workload.motion_ready(&self.cfg.enable_after_ready) {
@@ -451,6 +466,7 @@ impl Link {
                     return Ok(None);
                 }
                 self.operator_disarmed = false;
+                self.clear_input_presses();
                 let a = self.send(wr, HostMsg::ClearFault).await?;
                 let b = self.send(wr, HostMsg::RequestEnable).await?;
                 self.last_enable_request = Some(Instant::now());
@@ -462,6 +478,7 @@ impl Link {
                 }
             }
             Command::ClearFault(reply) => {
+                self.clear_input_presses();
                 let a = self.send(wr, HostMsg::ClearFault).await?;
                 Pending {
                     kind: PendingKind::Clear,
@@ -578,38 +595,49 @@ impl Link {
         self.state.mcu_rx_errors = s.rx_errors;
 
         let estop_active = s.estop_pressed || s.faults.contains(Faults::ESTOP);
-        if estop_active && !self.estop_engaged {
-            self.estop_engaged = true;
-            tracing::error!(pressed = s.estop_pressed, "e-stop");
-            self.deps.telemetry.event(
-                Priority::Critical,
-                "estop",
-                json!({ "pressed": s.estop_pressed, "faults": self.state.faults, "action": self.cfg.estop.action, "processes": self.cfg.estop.processes }),
+        if estop_active != self.estop_engaged {
+            self.estop_engaged = estop_active;
+            self.deps.estop.report(
+                Source::Mcu,
+                estop_active,
+                json!({ "pressed": s.estop_pressed, "faults": self.state.faults }),
             );
-            self.policy_step(PolicyStep::Engage);
-        } else if !estop_active && self.estop_engaged {
-            self.estop_engaged = false;
-            tracing::info!("e-stop cleared");
-            self.deps.telemetry.event(
-                Priority::Critical,
-                "estop_cleared",
-                json!({ "action": self.cfg.estop.action, "processes": self.cfg.estop.processes }),
-            );
-            self.policy_step(PolicyStep::Release);
         }
     }
 
-    fn policy_step(&mut self, step: PolicyStep) {
-        if let Some(tx) = &self.policy {
-            if tx.try_send(step).is_err() {
-                // 16 queued steps means the workload is wedged; report, never block the link.
-                self.deps.telemetry.event(
-                    Priority::Critical,
-                    "estop_action",
-                    json!({ "step": format!("{step:?}").to_lowercase(), "ok": false, "error": "policy queue full" }),
-                );
-            }
+    /// Follows the board's e-stop input (through the e-stop engine): on a press, tell the
+    /// MCU to cut motor power now (`Disarm`: no fault is latched on the MCU, the agent
+    /// itself holds enable back until an operator clears the press).
+    async fn on_estop_input(&mut self, wr: &mut WriteHalf<Box<dyn Io>>) -> Result<(), Error> {
+        let e = *self.estop.borrow_and_update();
+        self.sync_input_state();
+        if e.input && e.input_presses != self.input_presses_disarmed {
+            self.input_presses_disarmed = e.input_presses;
+            let motor_was_enabled = self.state.motor_enabled;
+            let r = self.send(wr, HostMsg::Disarm).await;
+            self.deps.telemetry.event(
+                Priority::Critical,
+                "estop_mcu_disarm",
+                json!({ "source": Source::Input.name(), "motor_was_enabled": motor_was_enabled,
+                        "ok": r.is_ok(), "error": r.as_ref().err().map(ToString::to_string) }),
+            );
+            r?;
         }
+        self.publish(false);
+        Ok(())
+    }
+
+    /// Copies the engine's input level into the link state.
+    fn sync_input_state(&mut self) {
+        let e = *self.estop.borrow();
+        self.state.estop_input_pressed = e.input;
+        self.state.estop_input_uncleared = e.input || e.input_presses > self.input_presses_cleared;
+    }
+
+    /// An operator cleared the e-stop: input presses so far no longer hold enable back.
+    fn clear_input_presses(&mut self) {
+        self.input_presses_cleared = self.estop.borrow().input_presses;
+        self.sync_input_state();
     }
 
     fn percentiles(&self) -> (Option<u64>, Option<u64>) {
@@ -624,6 +652,7 @@ impl Link {
 
     /// Publishes the state on the watch; refreshes detail and metrics when `force` or due.
     fn publish(&mut self, force: bool) {
+        self.sync_input_state();
         self.state_tx.send_replace(self.state.clone());
         let due = self
             .last_status_refresh
@@ -743,41 +772,4 @@ fn agent_version() -> proto::Version {
         p(env!("CARGO_PKG_VERSION_MINOR")) as u8,
         p(env!("CARGO_PKG_VERSION_PATCH")),
     )
-}
-
-/// Executes e-stop policy steps in order; every process action is reported.
-async fn policy_worker(
-    mut rx: mpsc::Receiver<PolicyStep>,
-    workload: Arc<dyn Workload>,
-    policy: super::EstopPolicy,
-    telemetry: crate::telemetry::Sink,
-    cancel: CancellationToken,
-) {
-    loop {
-        let step = tokio::select! {
-            _ = cancel.cancelled() => return,
-            s = rx.recv() => match s { Some(s) => s, None => return },
-        };
-        for name in &policy.processes {
-            let (verb, fut) = match (policy.action, step) {
-                (EstopAction::None, _) => break,
-                (EstopAction::Pause, PolicyStep::Engage) => ("pause", workload.pause(name)),
-                (EstopAction::Pause, PolicyStep::Release) => ("resume", workload.resume(name)),
-                (EstopAction::Stop, PolicyStep::Engage) => ("stop", workload.stop(name)),
-                (EstopAction::Stop, PolicyStep::Release) => ("start", workload.start(name)),
-            };
-            let result = fut.await;
-            match &result {
-                Ok(()) => tracing::info!(process = %name, action = verb, "e-stop policy step done"),
-                Err(e) => {
-                    tracing::error!(process = %name, action = verb, error = %e, "e-stop policy step failed")
-                }
-            }
-            telemetry.event(
-                Priority::Critical,
-                "estop_action",
-                json!({ "process": name, "action": verb, "ok": result.is_ok(), "error": result.err() }),
-            );
-        }
-    }
 }

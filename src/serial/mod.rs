@@ -17,9 +17,12 @@
 //! - When the port disappears (read error, EOF, or no frame from the MCU for
 //!   `mcu_silence_timeout`), the link reports it and reopens with capped exponential
 //!   backoff until the port returns.
-//! - E-stop: on the edge to "pressed" the configured processes are paused or stopped (each
-//!   step emitted as a critical event); when the e-stop latch is cleared they are resumed
-//!   or started again.
+//! - E-stop: the MCU's e-stop (pressed or latched) is reported to the e-stop engine
+//!   ([`crate::estop`]) as one source; the engine pauses or stops the configured processes
+//!   and resumes them once every source is clear. The board's e-stop input is the other
+//!   source: on its press the link sends `Disarm` (the MCU cuts power) and never requests
+//!   enable again until the input is released and an operator clears the e-stop
+//!   ([`Handle::clear_estop`] / [`Handle::arm`], both refused while it is pressed).
 //! - All channels are bounded; commands to a busy link wait up to [`COMMAND_TIMEOUT`].
 //!
 //! # Layout
@@ -65,28 +68,9 @@ pub const DEFAULT_TELEMETRY_PERIOD: Duration = Duration::from_secs(5);
 /// How long a [`Handle`] command waits for the link.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What to do with the e-stop processes when the e-stop is pressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum EstopAction {
-    /// SIGSTOP on press, SIGCONT on clear: the processes keep their state.
-    #[default]
-    Pause,
-    /// Stop on press (the supervisor's stop ladder), start again on clear.
-    Stop,
-    /// Only report.
-    None,
-}
-
-/// The e-stop policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct EstopPolicy {
-    /// What to do.
-    pub action: EstopAction,
-    /// Which workload processes (by name).
-    pub processes: Vec<String>,
-}
+/// The e-stop policy lives in [`crate::estop`] (it applies to the MCU's e-stop and to the
+/// board's e-stop input pin); the config key stays `[serial.estop]`.
+pub use crate::estop::{Action as EstopAction, Policy as EstopPolicy};
 
 /// The `[serial]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,12 +178,7 @@ impl Config {
                 ),
             ));
         }
-        if self.estop.action != EstopAction::None && self.estop.processes.is_empty() {
-            problems.push(Problem::new(
-                "serial.estop.processes",
-                "is empty, so the e-stop action does nothing; name the processes or set action = \"none\"",
-            ));
-        }
+        self.estop.validate(problems);
     }
 }
 
@@ -255,6 +234,10 @@ pub enum Error {
     /// The link is not connected to an MCU right now.
     #[error("mcu is not connected")]
     NotConnected,
+    /// The board's e-stop input (`hal.estop_input`) is pressed: the agent refuses to arm
+    /// or clear until it is released.
+    #[error("the e-stop input (hal.estop_input) is pressed; release it first")]
+    EstopInputPressed,
 }
 
 /// A boxed future returned by [`Workload`] actions.
@@ -319,8 +302,14 @@ pub struct LinkState {
     pub last_error: Option<String>,
     /// Motor power on.
     pub motor_enabled: bool,
-    /// E-stop pressed now.
+    /// The MCU's e-stop input is pressed now.
     pub estop_pressed: bool,
+    /// The board's e-stop input pin (`hal.estop_input`) is pressed now; motor power is
+    /// kept off (the link sends `Disarm` and never requests enable).
+    pub estop_input_pressed: bool,
+    /// The board's e-stop input was pressed and has not been cleared by an operator
+    /// (`mcu.clear_estop` / `mcu.arm`) yet: motor power stays off until then.
+    pub estop_input_uncleared: bool,
     /// Latched fault names.
     pub faults: Vec<&'static str>,
     /// Battery voltage in mV.
@@ -387,8 +376,8 @@ impl Handle {
             .map_err(|_| Error::NotRunning(COMMAND_TIMEOUT))?
     }
 
-    /// The arm flow: clears latched faults (refused while the e-stop is pressed), then
-    /// requests motor enable (the processes must be ready).
+    /// The arm flow: clears latched faults (refused while the MCU's e-stop or the board's
+    /// e-stop input is pressed), then requests motor enable (the processes must be ready).
     ///
     /// # Errors
     /// [`Error::Refused`] with the MCU's reason, [`Error::NotConnected`], [`Error::NotRunning`].
@@ -396,8 +385,8 @@ impl Handle {
         self.call(Command::Arm).await
     }
 
-    /// Clears latched faults (e-stop released) without enabling; the e-stop processes
-    /// are resumed.
+    /// Clears latched faults (e-stop released) and the board's e-stop input press without
+    /// enabling; the e-stop processes are resumed once no source holds the e-stop.
     ///
     /// # Errors
     /// As [`Handle::arm`].
@@ -427,6 +416,9 @@ pub struct Deps {
     pub tracker: TaskTracker,
     /// Cancelled on shutdown.
     pub cancel: CancellationToken,
+    /// The e-stop engine: the link reports the MCU's e-stop to it and follows the board's
+    /// e-stop input through it.
+    pub estop: crate::estop::Handle,
 }
 
 /// Spawns the link task over `port` and returns its handle.
@@ -451,6 +443,7 @@ pub async fn start(
     svc: &crate::runtime::Services,
     cfg: &Config,
     workload: Arc<dyn Workload>,
+    estop: crate::estop::Handle,
 ) -> Result<Option<Handle>, Error> {
     let reporter = svc.status.register("serial");
     if !cfg.enabled {
@@ -474,6 +467,7 @@ pub async fn start(
         liveness: svc.liveness.clone(),
         tracker: svc.tracker.clone(),
         cancel: svc.cancel.clone(),
+        estop,
     };
     let port = Arc::new(SerialPort::new(cfg.port.clone(), cfg.baud));
     let handle = spawn(deps, cfg.clone(), port, workload);

@@ -42,6 +42,23 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// Where a cgroup v1 hierarchy with the `memory` controller is mounted (a "hybrid" host:
+/// v1 for the controllers, v2 mounted beside them with few or none).
+fn v1_memory_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split_whitespace();
+        if post.next()? != "cgroup" {
+            return None;
+        }
+        let super_opts = post.nth(1)?;
+        if !super_opts.split(',').any(|o| o == "memory") {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
 fn own_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     text.lines()
@@ -80,11 +97,21 @@ impl Cgroups {
             std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let offered: Vec<&str> = controllers.split_whitespace().collect();
         if !offered.contains(&"memory") {
-            return Self::Unavailable(format!(
-                "cgroup v2 {} offers controllers [{}] without memory: the agent's cgroup is not delegated (systemd Delegate=yes)",
-                base.display(),
-                offered.join(" ")
-            ));
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            return Self::Unavailable(match v1_memory_mount(&info) {
+                Some(v1) => format!(
+                    "the memory controller is bound to the cgroup v1 hierarchy at {} (hybrid layout), so cgroup v2 {} offers only [{}]; \
+                     needs a pure cgroup v2 host (systemd.unified_cgroup_hierarchy=1) and a delegated agent cgroup (systemd Delegate=yes)",
+                    v1.display(),
+                    base.display(),
+                    offered.join(" ")
+                ),
+                None => format!(
+                    "cgroup v2 {} offers controllers [{}] without memory: the agent's cgroup is not delegated (systemd Delegate=yes)",
+                    base.display(),
+                    offered.join(" ")
+                ),
+            });
         }
         let cpu = offered.contains(&"cpu");
         let agent = base.join("agent");
@@ -159,5 +186,26 @@ impl Cgroups {
             Self::Available { .. } => None,
             Self::Unavailable(r) => Some(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hybrid_host_names_its_v1_memory_hierarchy() {
+        // mountinfo lines: id parent dev root mountpoint options - fstype source super-options
+        let hybrid = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            v1_memory_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        let pure_v2 = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(v1_memory_mount(pure_v2), None);
     }
 }

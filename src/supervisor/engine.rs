@@ -27,8 +27,8 @@ use super::orphans::{self, Record, RecordMsg};
 use super::process::{self, Launch, Wrap};
 use super::restart::{BackoffState, CrashWindow};
 use super::{
-    ms, CheckOutcome, CheckProvider, Command, Config, Error, ExitInfo, LimitApplied, LimitsApplied,
-    Op, ProcessState, ProcessStatus, Snapshot,
+    ms, CheckOutcome, CheckProvider, Command, Config, Error, ExitInfo, Hooks, LimitApplied,
+    LimitsApplied, Op, PreStop, ProcessState, ProcessStatus, Snapshot,
 };
 use crate::runtime::Services;
 use crate::status::{Metric, Reporter, SubsystemState};
@@ -59,6 +59,7 @@ struct Shared {
     snap: watch::Sender<Snapshot>,
     logs: logs::Registry,
     provider: Option<Arc<dyn CheckProvider>>,
+    pre_stop: Option<Arc<dyn PreStop>>,
     cgroups: Arc<Cgroups>,
     records: mpsc::Sender<RecordMsg>,
     events: mpsc::Sender<EngineEvent>,
@@ -75,7 +76,7 @@ struct ActorHandle {
 pub(super) fn spawn(
     svc: &Services,
     cfg: Config,
-    provider: Option<Arc<dyn CheckProvider>>,
+    hooks: Hooks,
     rx: mpsc::Receiver<Command>,
     snap: watch::Sender<Snapshot>,
     logs: logs::Registry,
@@ -122,7 +123,8 @@ pub(super) fn spawn(
             telemetry,
             snap,
             logs,
-            provider,
+            provider: hooks.checks,
+            pre_stop: hooks.pre_stop,
             cgroups: Arc::new(cgroups),
             records: rec_tx,
             events: ev_tx,
@@ -817,11 +819,11 @@ impl Actor {
                 r = child.wait() => {
                     exit = Some(r.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0)));
                     checks.cancel();
-                    // The leader is gone; anything left in its group goes too before a restart.
+                    // The leader is gone; anything left in its session goes too before a restart.
                     let mut rest = None;
-                    if process::group_alive(pgid, None) {
-                        self.set_state(ProcessState::Stopping, Some("leader exited; stopping the rest of its group".into()));
-                        rest = Some(process::stop_group(pgid, &mut child, &mut exit, &self.spec.stop, paused).await);
+                    if process::session_alive(pgid, None) {
+                        self.set_state(ProcessState::Stopping, Some("leader exited; stopping the rest of its session".into()));
+                        rest = Some(process::stop_session(pgid, &mut child, &mut exit, &self.spec.stop, paused).await);
                     }
                     let info = self.exit_info(exit.as_ref(), started);
                     let failure = !info.success();
@@ -854,7 +856,7 @@ impl Actor {
                             let reason = format!("liveness failed {live_failures} times: {why}");
                             self.log.note(format!("[fleetlet] {reason}; restarting per policy"));
                             checks.cancel();
-                            self.stop(pgid, &mut child, &mut exit, paused, &reason).await;
+                            self.stop(pgid, &mut child, &mut exit, paused, &reason, false).await;
                             let info = self.exit_info(exit.as_ref(), started);
                             break RunEnd::Exited { info: Some(info), failure: true, reason };
                         }
@@ -867,40 +869,40 @@ impl Actor {
                         humantime::format_duration(self.spec.readiness.as_ref().and_then(|r| r.deadline).unwrap_or_default())
                     );
                     checks.cancel();
-                    self.stop(pgid, &mut child, &mut exit, paused, &reason).await;
+                    self.stop(pgid, &mut child, &mut exit, paused, &reason, false).await;
                     let info = self.exit_info(exit.as_ref(), started);
                     break RunEnd::Exited { info: Some(info), failure: true, reason };
                 }
                 msg = self.rx.recv() => match msg {
                     None => {
                         checks.cancel();
-                        self.stop(pgid, &mut child, &mut exit, paused, "supervisor gone").await;
+                        self.stop(pgid, &mut child, &mut exit, paused, "supervisor gone", true).await;
                         break RunEnd::Shutdown(oneshot::channel().0);
                     }
                     Some(ActorMsg::Shutdown { reply }) => {
                         checks.cancel();
-                        self.stop(pgid, &mut child, &mut exit, paused, "supervisor shutdown").await;
+                        self.stop(pgid, &mut child, &mut exit, paused, "supervisor shutdown", true).await;
                         break RunEnd::Shutdown(reply);
                     }
                     Some(ActorMsg::DependencyRestarted) => {
                         checks.cancel();
-                        self.stop(pgid, &mut child, &mut exit, paused, "a dependency restarted").await;
+                        self.stop(pgid, &mut child, &mut exit, paused, "a dependency restarted", true).await;
                         break RunEnd::DependencyRestarted;
                     }
                     Some(ActorMsg::Op { op, reply }) => match op {
                         Op::Start => { let _ = reply.send(Ok(())); }
                         Op::Stop => {
                             checks.cancel();
-                            self.stop(pgid, &mut child, &mut exit, paused, "stopped by operator").await;
+                            self.stop(pgid, &mut child, &mut exit, paused, "stopped by operator", true).await;
                             break RunEnd::Stopped(reply);
                         }
                         Op::Restart => {
                             checks.cancel();
-                            self.stop(pgid, &mut child, &mut exit, paused, "restarted by operator").await;
+                            self.stop(pgid, &mut child, &mut exit, paused, "restarted by operator", true).await;
                             break RunEnd::Restart(reply);
                         }
                         Op::Pause if !paused => {
-                            match process::signal_group(pgid, nix::sys::signal::Signal::SIGSTOP) {
+                            match process::signal_session(pgid, nix::sys::signal::Signal::SIGSTOP) {
                                 Ok(()) => {
                                     paused = true;
                                     checks.cancel();
@@ -911,7 +913,7 @@ impl Actor {
                             }
                         }
                         Op::Resume if paused => {
-                            match process::signal_group(pgid, nix::sys::signal::Signal::SIGCONT) {
+                            match process::signal_session(pgid, nix::sys::signal::Signal::SIGCONT) {
                                 Ok(()) => {
                                     paused = false;
                                     checks = CancellationToken::new();
@@ -950,6 +952,8 @@ impl Actor {
         end
     }
 
+    /// Stops the group with the stop ladder; `on_purpose` (not for a failed check) runs the
+    /// [`PreStop`] hook first when the process can still cooperate.
     async fn stop(
         &self,
         pgid: i32,
@@ -957,9 +961,13 @@ impl Actor {
         exit: &mut Option<ExitStatus>,
         paused: bool,
         why: &str,
+        on_purpose: bool,
     ) {
         self.set_state(ProcessState::Stopping, Some(why.to_owned()));
-        let report = process::stop_group(pgid, child, exit, &self.spec.stop, paused).await;
+        if on_purpose && !paused && exit.is_none() {
+            self.run_pre_stop(child, exit).await;
+        }
+        let report = process::stop_session(pgid, child, exit, &self.spec.stop, paused).await;
         let note = format!(
             "[fleetlet] stop ({why}): sent {} in {} ms{}",
             signals(&report.sent),
@@ -979,6 +987,34 @@ impl Actor {
                 json!({ "process": self.name, "pgid": pgid }),
             );
         }
+    }
+
+    /// Runs the pre-stop hook (if any applies to this process) for at most its timeout, or
+    /// until the process exits by itself.
+    async fn run_pre_stop(&self, child: &mut tokio::process::Child, exit: &mut Option<ExitStatus>) {
+        let Some(hook) = &self.shared.pre_stop else {
+            return;
+        };
+        let Some(work) = hook.pre_stop(&self.name, &self.spec) else {
+            return;
+        };
+        let limit = hook.timeout();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(limit, work) => match r {
+                Ok(Ok(())) => "done".to_owned(),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(_) => format!("timed out after {}", humantime::format_duration(limit)),
+            },
+            r = child.wait() => {
+                *exit = Some(r.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0)));
+                "cut short: the process exited".to_owned()
+            }
+        };
+        let took_ms = started.elapsed().as_millis() as u64;
+        self.log
+            .note(format!("[fleetlet] pre-stop hook {outcome} ({took_ms} ms)"));
+        tracing::info!(process = %self.name, took_ms, outcome = %outcome, "pre-stop hook");
     }
 
     fn exit_info(&self, status: Option<&ExitStatus>, started: Instant) -> ExitInfo {

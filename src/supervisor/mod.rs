@@ -22,6 +22,8 @@
 //!   that depends on it has stopped.
 //! - Output is read continuously (a logging child is never blocked by the agent); lines
 //!   beyond the per-process token bucket are dropped and counted, never queued.
+//! - A [`PreStop`] hook runs before the stop ladder of a process stopped on purpose, bounded
+//!   by [`PreStop::timeout`]: a hook that hangs delays the ladder, never prevents it.
 
 mod cgroup;
 mod engine;
@@ -396,6 +398,47 @@ pub trait CheckProvider: Send + Sync {
     fn check(&self, process: &str, check: &CheckSpec) -> BoxFuture<'static, CheckOutcome>;
 }
 
+/// Default bound on one [`PreStop`] call: long enough for a ROS 2 node to deactivate and
+/// clean up (milliseconds when healthy), short enough that a hung hook adds little to the
+/// stop ladder that follows (SIGINT 5 s → SIGTERM 5 s by default).
+pub const DEFAULT_PRE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Work to do right before the stop ladder of a process, e.g. driving its ROS 2 lifecycle
+/// nodes deactivate → cleanup (as Nav2's lifecycle manager does before the processes get
+/// SIGINT).
+///
+/// The supervisor calls it when it stops a live, running (not paused) process on purpose:
+/// agent shutdown, a new workload, an operator stop/restart, a dependency restart. Not when
+/// the process already exited, nor when it is being stopped for failing a readiness or
+/// liveness check (a hung process cannot cooperate). Stops go in reverse dependency order
+/// (dependants first), so hooks do too. The process is `stopping` meanwhile.
+///
+/// Bounded: the supervisor waits at most [`PreStop::timeout`] (or until the process exits),
+/// then drops the future and runs the stop ladder regardless. A hook error is logged to the
+/// process's log and the ladder proceeds.
+pub trait PreStop: Send + Sync {
+    /// The work for `process` (declared as `spec`); `None` when there is nothing to do.
+    fn pre_stop(
+        &self,
+        process: &str,
+        spec: &workload::ProcessSpec,
+    ) -> Option<BoxFuture<'static, Result<(), String>>>;
+
+    /// Longest the supervisor waits for one call.
+    fn timeout(&self) -> Duration {
+        DEFAULT_PRE_STOP_TIMEOUT
+    }
+}
+
+/// Optional extensions of the supervisor (see [`start_with_hooks`]).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Evaluates the check kinds the supervisor cannot (ROS 2).
+    pub checks: Option<Arc<dyn CheckProvider>>,
+    /// Runs before the stop ladder.
+    pub pre_stop: Option<Arc<dyn PreStop>>,
+}
+
 /// Commands from a [`Handle`] to the engine.
 pub(crate) enum Command {
     Op {
@@ -578,6 +621,22 @@ pub async fn start(
     cfg: &Config,
     provider: Option<Arc<dyn CheckProvider>>,
 ) -> Result<Handle, Error> {
+    start_with_hooks(
+        svc,
+        cfg,
+        Hooks {
+            checks: provider,
+            pre_stop: None,
+        },
+    )
+    .await
+}
+
+/// [`start`] with every extension: the check provider and a [`PreStop`] hook.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_hooks(svc: &Services, cfg: &Config, hooks: Hooks) -> Result<Handle, Error> {
     let initial = match &cfg.workload {
         Some(path) if !cfg.allow_unsigned_workloads => {
             return Err(Error::UnsignedRefused { path: path.clone() })
@@ -599,15 +658,7 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
     let logs = logs::Registry::new(cfg);
-    engine::spawn(
-        svc,
-        cfg.clone(),
-        provider,
-        rx,
-        snap_tx,
-        logs.clone(),
-        initial,
-    );
+    engine::spawn(svc, cfg.clone(), hooks, rx, snap_tx, logs.clone(), initial);
     Ok(Handle {
         tx,
         snapshot: snap_rx,

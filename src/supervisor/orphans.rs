@@ -1,12 +1,15 @@
-//! No orphans after an agent crash: every owned process group is recorded in sled (tree
-//! `supervisor`, key = pgid) right after spawn and flushed; the record is removed once the
-//! group is gone. On start, each leftover record is verified through `/proc` and its group
-//! is stopped before anything new starts.
+//! No orphans after an agent crash: every owned session is recorded in sled (tree
+//! `supervisor`, key = the leader's pid, which is its pgid and sid) right after spawn and
+//! flushed; the record is removed once the session's tree is gone. On start, each leftover
+//! record is verified through `/proc` and its tree (session, group and descendants, see
+//! [`process`](super::process)) is stopped before anything new starts.
 //!
 //! A record is trusted only when the kernel boot id matches (pids restart after a reboot)
 //! and either the leader still runs with the recorded start time, or the leader is gone but
-//! the group exists with members started no earlier than the leader (a pgid cannot be
-//! reused while its group exists, and Linux does not hand out a pid that is a live pgid).
+//! its session or group still has members, all started no earlier than the leader (an id
+//! cannot be reused while a session or group of that id exists: Linux does not hand out a
+//! pid that is a live sid or pgid). Records written before processes got sessions of their
+//! own name a group that is not a session; the same check finds it by its group.
 //!
 //! When the agent is PID 1 (a container), it also reaps zombies: orphans reparented to it
 //! that stayed zombies across two scans (tokio reaps its own children within milliseconds
@@ -33,6 +36,7 @@ const REAP_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub process: String,
+    /// The leader's pid = pgid = sid (the field keeps its name for old records).
     pub pgid: i32,
     pub starttime: u64,
     pub kernel_boot_id: String,
@@ -98,8 +102,10 @@ pub(crate) fn verify(r: &Record, boot_id: &str) -> Result<(), String> {
         return Err("recorded before the last reboot".into());
     }
     match proc_stat(r.pgid) {
-        Some(s) if s.starttime == r.starttime && s.pgrp == r.pgid => return Ok(()),
-        Some(s) if s.pgrp == r.pgid => {
+        Some(s) if s.starttime == r.starttime && (s.session == r.pgid || s.pgrp == r.pgid) => {
+            return Ok(())
+        }
+        Some(s) if s.session == r.pgid || s.pgrp == r.pgid => {
             return Err(format!(
                 "pid {} now belongs to a process started at tick {} (recorded {})",
                 r.pgid, s.starttime, r.starttime
@@ -107,9 +113,13 @@ pub(crate) fn verify(r: &Record, boot_id: &str) -> Result<(), String> {
         }
         _ => {}
     }
-    let members = process::group_members(r.pgid);
+    // Only the session and group proper: descendants that left them are not evidence.
+    let members: Vec<_> = process::session_members(r.pgid)
+        .into_iter()
+        .filter(|m| m.session == r.pgid || m.pgrp == r.pgid)
+        .collect();
     if members.is_empty() {
-        return Err("group is gone".into());
+        return Err("session and group are gone".into());
     }
     if members.iter().all(|m| m.starttime >= r.starttime) {
         Ok(())
@@ -154,13 +164,14 @@ pub(crate) async fn clean_leftovers(tree: sled::Tree) -> Vec<Leftover> {
                         Signal::SIGKILL as i32,
                         process::KILL_WAIT.as_millis() as u64,
                     ));
+                    let mut tree = process::Tree::new(r.pgid);
                     for (sig, ms) in ladder {
                         let Ok(sig) = Signal::try_from(sig) else {
                             continue;
                         };
-                        let _ = process::signal_group(r.pgid, sig);
+                        let _ = tree.signal(sig);
                         sent.push(sig.as_str());
-                        if process::wait_group_gone(r.pgid, Duration::from_millis(ms)).await {
+                        if tree.wait_gone(Duration::from_millis(ms)).await {
                             gone = true;
                             break;
                         }

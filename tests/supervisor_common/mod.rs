@@ -163,3 +163,15 @@ pub fn group(pgid: i32) -> Vec<i32> {
         .filter(|pid| alive(*pid))
         .collect()
 }
+
+/// (pgrp, session) of a pid, from `/proc/<pid>/stat`.
+pub fn pgrp_and_session(pid: i32) -> Option<(i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
+/// The pid written in a file, once the file holds one.
+pub fn pid_in(p: &Path) -> Option<i32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}

@@ -3,11 +3,15 @@
 //!
 //! Usage: `hil-agent --port PATH [--baud N] [--heartbeat-period 100ms]
 //!   [--telemetry-period 1s] [--estop-action pause|stop|none] [--process NAME=PID]...
-//!   [--motion-critical NAME]...`
+//!   [--motion-critical NAME]... [--estop-input on]`
+//!
+//! With `--estop-input on` the agent also has a board e-stop input pin: `fleetlet::hal` on
+//! the simulated backend, driven from stdin (`input press` / `input release`), feeding the
+//! same e-stop engine as the MCU's e-stop.
 //!
 //! Prints one JSON line per telemetry record (`{"kind":"record","record":{...}}`) and per
 //! interesting link-state change (`{"kind":"state","state":{...}}`). Reads commands on
-//! stdin: `arm`, `clear`, `disarm`, `stall <ms>`.
+//! stdin: `arm`, `clear`, `disarm`, `stall <ms>`, `input press|release`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -15,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fleetlet::hal::sim::SimGpio;
 use fleetlet::serial::{self, ActionFuture, Config, Deps, EstopAction, SerialPort, Workload};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -65,7 +70,16 @@ impl Workload for Pids {
     }
 }
 
-fn parse() -> Result<(Config, BTreeMap<String, u32>)> {
+/// The simulated board e-stop input pin.
+const ESTOP_PIN: u8 = 5;
+
+struct Args {
+    cfg: Config,
+    procs: BTreeMap<String, u32>,
+    estop_input: bool,
+}
+
+fn parse() -> Result<Args> {
     let mut cfg = Config {
         enabled: true,
         telemetry_period: Duration::from_secs(1),
@@ -73,6 +87,7 @@ fn parse() -> Result<(Config, BTreeMap<String, u32>)> {
     };
     cfg.estop.action = EstopAction::None;
     let mut procs = BTreeMap::new();
+    let mut estop_input = false;
     let mut args = std::env::args().skip(1);
     while let Some(k) = args.next() {
         let v = args.next().with_context(|| format!("{k} needs a value"))?;
@@ -95,11 +110,16 @@ fn parse() -> Result<(Config, BTreeMap<String, u32>)> {
                 cfg.estop.processes.push(n.to_owned());
             }
             "--motion-critical" => cfg.motion_critical.push(v),
+            "--estop-input" => estop_input = v == "on",
             _ => bail!("unknown argument {k}"),
         }
     }
     cfg.enable_after_ready = cfg.motion_critical.clone();
-    Ok((cfg, procs))
+    Ok(Args {
+        cfg,
+        procs,
+        estop_input,
+    })
 }
 
 fn print(v: serde_json::Value) {
@@ -110,22 +130,48 @@ fn print(v: serde_json::Value) {
 }
 
 async fn run() -> Result<()> {
-    let (cfg, procs) = parse()?;
+    let Args {
+        cfg,
+        procs,
+        estop_input,
+    } = parse()?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (sink, mut records) = fleetlet::telemetry::Sink::channel(1024);
     let registry = fleetlet::status::Registry::new();
     let liveness = fleetlet::liveness::Liveness::new();
     tracker.spawn(liveness.clone().run(cancel.child_token()));
+    let workload: Arc<dyn Workload> = Arc::new(Pids(procs));
+    let estop = fleetlet::estop::spawn(
+        cfg.estop.clone(),
+        workload.clone(),
+        sink.clone(),
+        &tracker,
+        cancel.child_token(),
+    );
+    let gpio = SimGpio::default();
+    // Kept until exit: the GPIO driver thread stops when its last handle drops.
+    let mut _hal = None;
+    if estop_input {
+        let hal_cfg = fleetlet::hal::Config {
+            estop_input: Some(ESTOP_PIN),
+            ..fleetlet::hal::Config::default()
+        };
+        let h = fleetlet::hal::Driver::new(Box::new(gpio.clone()), hal_cfg)?
+            .spawn(cancel.child_token())?;
+        fleetlet::hal::forward_estop(&h, estop.clone(), ESTOP_PIN, &tracker, cancel.child_token());
+        _hal = Some(h);
+    }
     let deps = Deps {
         telemetry: sink,
         status: registry.register("serial"),
         liveness,
         tracker: tracker.clone(),
         cancel: cancel.clone(),
+        estop,
     };
     let port = Arc::new(SerialPort::new(cfg.port.clone(), cfg.baud));
-    let handle = serial::spawn(deps, cfg, port, Arc::new(Pids(procs)));
+    let handle = serial::spawn(deps, cfg, port, workload);
 
     tracker.spawn(async move {
         while let Some(r) = records.recv().await {
@@ -143,8 +189,15 @@ async fn run() -> Result<()> {
             }
             let s = states.borrow_and_update().clone();
             let key = format!(
-                "{}{}{}{:?}{}{}",
-                s.connected, s.motor_enabled, s.estop_pressed, s.faults, s.sessions, s.rx_errors
+                "{}{}{}{:?}{}{}{}{}",
+                s.connected,
+                s.motor_enabled,
+                s.estop_pressed,
+                s.faults,
+                s.sessions,
+                s.rx_errors,
+                s.estop_input_pressed,
+                s.estop_input_uncleared
             );
             if key != last {
                 last = key;
@@ -165,6 +218,10 @@ async fn run() -> Result<()> {
             Some("arm") => Some(handle.arm().await),
             Some("clear") => Some(handle.clear_estop().await),
             Some("disarm") => Some(handle.disarm().await),
+            Some("input") => {
+                gpio.set_input(ESTOP_PIN, words.next() == Some("press"));
+                None
+            }
             Some("stall") => {
                 let ms: u64 = words.next().unwrap_or("1000").parse()?;
                 // Deliberately block the only runtime thread: the agent's event loop stalls.

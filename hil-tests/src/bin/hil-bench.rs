@@ -45,7 +45,10 @@ fn main() -> Result<()> {
     .collect();
     let mut agent = Agent::start(&agent_bin.display().to_string(), &args)?;
     agent.wait_event("mcu_connected", Duration::from_secs(10))?;
-    if rig.is_emulated() {
+    if rig
+        .missing(hil_tests::Capability::ReadMotorEnable)
+        .is_none()
+    {
         rig.wait_pins("motor enabled", Duration::from_secs(5), |p| p.motor_enabled)?;
     }
     std::thread::sleep(Duration::from_secs(2));
