@@ -52,16 +52,19 @@
 //! - sled calls here are synchronous; callers run them off the async workers
 //!   (`spawn_blocking`), flushes in particular.
 
+mod migrate;
 mod pack;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use self::migrate::{load_state, migrate_v1_chunk};
 use self::pack::{key, key_counter, key_end, key_prio, with_kind, PackMeta, PackWriter, META};
 pub use self::pack::{Pack, PackError};
-use super::record::Stored;
+use self::txn::{Reason, Txn};
 use super::{Priority, Record};
 
 /// Name of the sled tree holding the queue.
@@ -168,134 +171,6 @@ struct State {
     lanes: BTreeMap<(Priority, String), Lane>,
     bytes: u64,
     drops: BTreeMap<String, Drops>,
-}
-
-/// Why records are removed (for the drop counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Acked,
-    Expired,
-    Evicted,
-    Corrupt,
-}
-
-/// One atomic change: a sled batch plus the accounting it implies, applied to [`State`]
-/// only after sled accepted the batch.
-struct Txn {
-    batch: sled::Batch,
-    metas: HashMap<pack::Key, Option<PackMeta>>,
-    lanes: BTreeMap<(Priority, String), Lane>,
-    drops: Vec<(String, Reason, u64)>,
-}
-
-impl Txn {
-    fn new() -> Self {
-        Self {
-            batch: sled::Batch::default(),
-            metas: HashMap::new(),
-            lanes: BTreeMap::new(),
-            drops: Vec::new(),
-        }
-    }
-
-    fn lane(&mut self, st: &State, p: Priority, stream: &str) -> &mut Lane {
-        self.lanes.entry((p, stream.to_owned())).or_insert_with(|| {
-            st.lanes
-                .get(&(p, stream.to_owned()))
-                .copied()
-                .unwrap_or_default()
-        })
-    }
-
-    /// The meta of `meta_key` as this transaction sees it.
-    fn meta(&mut self, tree: &sled::Tree, meta_key: pack::Key) -> Result<Option<PackMeta>, Error> {
-        if let Some(m) = self.metas.get(&meta_key) {
-            return Ok(m.clone());
-        }
-        let m = tree
-            .get(meta_key)
-            .map_err(db_err("read meta"))?
-            .and_then(|v| PackMeta::decode(&v));
-        self.metas.insert(meta_key, m.clone());
-        Ok(m)
-    }
-
-    /// Marks `indices` of the pack dead (all of them when `None`), deleting the pack when
-    /// nothing is left. Returns the records that were live before.
-    fn kill(
-        &mut self,
-        st: &State,
-        tree: &sled::Tree,
-        pack_key: &[u8],
-        indices: Option<&[u32]>,
-        reason: Reason,
-    ) -> Result<u64, Error> {
-        let Some(p) = key_prio(pack_key) else {
-            return Ok(0);
-        };
-        let mk = with_kind(pack_key, META);
-        let Some(mut meta) = self.meta(tree, mk)? else {
-            return Ok(0);
-        };
-        let newly = match indices {
-            Some(ix) => meta.kill(ix),
-            None => {
-                let live = meta.live();
-                meta.dead = vec![(0, meta.records)];
-                live
-            }
-        };
-        if newly == 0 && meta.live() > 0 {
-            return Ok(0);
-        }
-        let gone = meta.live() == 0;
-        let lane = self.lane(st, p, &meta.stream);
-        lane.records = lane.records.saturating_sub(u64::from(newly));
-        if gone {
-            lane.bytes = lane.bytes.saturating_sub(meta.bytes);
-            self.batch.remove(&with_kind(pack_key, pack::PACK)[..]);
-            self.batch.remove(&mk[..]);
-            self.metas.insert(mk, None);
-        } else {
-            self.batch.insert(&mk[..], meta.encode());
-            self.metas.insert(mk, Some(meta.clone()));
-        }
-        if newly > 0 && reason != Reason::Acked {
-            self.drops.push((meta.stream, reason, u64::from(newly)));
-        }
-        Ok(u64::from(newly))
-    }
-
-    fn apply(mut self, tree: &sled::Tree, st: &mut State, op: &'static str) -> Result<(), Error> {
-        for ((p, s), l) in &self.lanes {
-            let k = pack::lane_key(*p, s);
-            if l.records == 0 && l.bytes == 0 {
-                self.batch.remove(k);
-            } else {
-                self.batch.insert(k, pack::encode_lane(l));
-            }
-        }
-        tree.apply_batch(self.batch).map_err(db_err(op))?;
-        for (k, l) in self.lanes {
-            let old = st.lanes.get(&k).map_or(0, |l| l.bytes);
-            st.bytes = st.bytes.saturating_sub(old) + l.bytes;
-            if l.records == 0 && l.bytes == 0 {
-                st.lanes.remove(&k);
-            } else {
-                st.lanes.insert(k, l);
-            }
-        }
-        for (stream, reason, n) in self.drops {
-            let d = st.drops.entry(stream).or_default();
-            match reason {
-                Reason::Acked => {}
-                Reason::Expired => d.expired += n,
-                Reason::Evicted => d.evicted += n,
-                Reason::Corrupt => d.corrupt += n,
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A snapshot of the queue's accounting.
@@ -896,115 +771,6 @@ impl Queue {
     pub fn next_seq(&self, stream: &str) -> u64 {
         self.state().seqs.get(stream).copied().unwrap_or(0)
     }
-}
-
-/// Reads the persisted accounting, sequence counters and next pack counter.
-fn load_state(tree: &sled::Tree) -> Result<State, Error> {
-    let mut st = State::default();
-    for item in tree.scan_prefix([pack::LANE]) {
-        let (k, v) = item.map_err(db_err("scan lanes"))?;
-        let (Some(p), Some(l)) = (key_prio(&k), pack::decode_lane(&v)) else {
-            continue;
-        };
-        let stream = String::from_utf8_lossy(&k[2..]).into_owned();
-        st.bytes += l.bytes;
-        st.lanes.insert((p, stream), l);
-    }
-    for item in tree.scan_prefix(pack::SEQ_PREFIX) {
-        let (k, v) = item.map_err(db_err("scan seqs"))?;
-        let stream = String::from_utf8_lossy(&k[pack::SEQ_PREFIX.len()..]).into_owned();
-        let mut b = [0u8; 8];
-        if v.len() == 8 {
-            b.copy_from_slice(&v);
-        }
-        st.seqs.insert(stream, u64::from_be_bytes(b));
-    }
-    for p in PRIORITIES {
-        let last = tree
-            .range(meta_range(p, 0))
-            .keys()
-            .next_back()
-            .transpose()
-            .map_err(db_err("scan metas"))?;
-        if let Some(k) = last {
-            st.next_counter = st.next_counter.max(key_counter(&k) + 1);
-        }
-    }
-    Ok(st)
-}
-
-/// Migrates up to `max` layout-1 records (key `[prio][counter u64 BE]`, value a postcard
-/// [`Stored`]) into packs, in one atomic batch. Returns how many old keys it consumed
-/// (0 = nothing left).
-fn migrate_v1_chunk(
-    tree: &sled::Tree,
-    st: &mut State,
-    opts: &Options,
-    max: usize,
-) -> Result<usize, Error> {
-    let mut tx = Txn::new();
-    let mut consumed = 0;
-    let mut corrupt = 0u64;
-    // The open pack: (priority, stream, boot, counter, writer).
-    let mut open: Option<(Priority, String, String, u64, PackWriter)> = None;
-    let mut packs = Vec::new();
-    for item in tree.range([0u8]..[3u8]).take(max) {
-        let (k, v) = item.map_err(db_err("migrate scan"))?;
-        consumed += 1;
-        tx.batch.remove(k.clone());
-        let p = match k.first() {
-            Some(0) => Priority::Critical,
-            Some(1) => Priority::Normal,
-            _ => Priority::Bulk,
-        };
-        let Ok(r) = Stored::decode(&v) else {
-            corrupt += 1;
-            continue;
-        };
-        let same = open.as_ref().is_some_and(|(op, os, ob, _, w)| {
-            *op == p
-                && os == r.stream
-                && ob == r.boot
-                && w.records() < opts.pack_max_records
-                && w.len() < opts.pack_max_bytes
-        });
-        if !same {
-            packs.extend(open.take());
-            open = Some((
-                p,
-                r.stream.to_owned(),
-                r.boot.to_owned(),
-                st.next_counter,
-                PackWriter::new(r.stream, r.boot, opts.pack_max_bytes),
-            ));
-            st.next_counter += 1;
-        }
-        if let Some((_, _, _, _, w)) = open.as_mut() {
-            w.push(r.seq, r.ts_ms, r.payload);
-        }
-    }
-    packs.extend(open);
-    for (p, stream, _, counter, w) in packs {
-        let n = w.records();
-        let (value, meta) = w.finish(&stream, 10);
-        let lane = tx.lane(st, p, &stream);
-        lane.records += u64::from(n);
-        lane.bytes += meta.bytes;
-        tx.batch.insert(&key(pack::PACK, p, counter)[..], value);
-        tx.batch.insert(&key(META, p, counter)[..], meta.encode());
-    }
-    if corrupt > 0 {
-        tx.drops
-            .push(("<corrupt>".into(), Reason::Corrupt, corrupt));
-    }
-    if consumed > 0 {
-        tx.apply(tree, st, "migrate")?;
-        tracing::info!(
-            records = consumed,
-            "migrated layout-1 telemetry records into packs"
-        );
-    }
-    Ok(consumed)
 }
 
 /// The keys of the metas of priority `p` from pack counter `from` on.

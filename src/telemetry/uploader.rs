@@ -10,7 +10,9 @@
 //!   `inflight * batch_records` records.
 //! - On a connection loss ([`crate::mqtt::Handle::epoch`]) every unacknowledged batch is
 //!   forgotten and the queue is read again from its oldest record.
-//! - A message carries records of one stream and one boot id, in queue order.
+//! - A message carries records of one stream and one boot id, in queue order. It remembers
+//!   the records it carries as [`Span`]s (pack key + record indices); the PUBACK removes
+//!   exactly those, so acknowledgements may arrive in any order and cover part of a pack.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

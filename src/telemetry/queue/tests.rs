@@ -3,6 +3,7 @@
 //! accounting, lanes and drop counts must agree. Plus migration and damage tests.
 
 use super::*;
+use crate::telemetry::record::Stored;
 use proptest::prelude::*;
 
 const STREAMS: [&str; 3] = ["a", "b", "c"];
