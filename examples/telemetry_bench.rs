@@ -1,8 +1,10 @@
 //! Telemetry benchmark (run through `benches/telemetry.sh`, release build).
 //!
 //! 1. ingest: 256-byte records appended to the sled queue in batches, fsync per batch;
-//! 2. drain: the real agent (`fleetlet run`) uploads the filled queue to a local mosquitto;
-//!    a subscriber counts every record; agent RSS is sampled while it drains;
+//! 2. drain: the real agent (`fleetlet run`, default upload settings unless `--batch-records`,
+//!    `--batch-bytes`, `--inflight`, `--db-cache-bytes` say otherwise) uploads the filled
+//!    queue to a local mosquitto; a subscriber counts every record; agent RSS is sampled
+//!    while it drains (`--no-peers` stops after this);
 //! 3. peers in the same run: `mosquitto_pub --repeat` at QoS 1, and a plain rumqttc
 //!    publisher sending one record per message at QoS 1.
 
@@ -12,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetlet::telemetry::{queue::Queue, Priority, Record};
+use fleetlet::telemetry::{
+    queue::{Options, Queue},
+    Priority, Record,
+};
 
 const RECORD: usize = 256;
 
@@ -113,6 +118,16 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// User + system CPU seconds of this process so far (robust to a loaded machine).
+fn cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -121,11 +136,18 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn ingest(data: &Path, n: u64, batch: usize) -> f64 {
+fn ingest(data: &Path, n: u64, batch: usize, pack_max_bytes: Option<usize>) -> f64 {
     let dir = fleetlet::datadir::DataDir::new(data);
     dir.create().unwrap();
-    let (db, _) = dir.open_db(16 << 20, None).unwrap();
-    let q = Queue::open(&db, "bench-boot-0000000000000000000000", 4 << 30).unwrap();
+    // The agent's default sled cache (agent.db_cache_bytes).
+    let (db, _) = dir
+        .open_db(fleetlet::config::DEFAULT_DB_CACHE_BYTES, None)
+        .unwrap();
+    let mut opts = Options::with_budget(4 << 30);
+    if let Some(b) = pack_max_bytes {
+        opts.pack_max_bytes = b;
+    }
+    let q = Queue::open_with(&db, "bench-boot-0000000000000000000000", opts).unwrap();
     let recs: Vec<Record> = (0..batch)
         .map(|_| Record {
             stream: "bench".into(),
@@ -153,8 +175,21 @@ fn main() {
     let data = tmp.path().join("data");
 
     // 1. Ingest.
-    let ingest_rate = ingest(&data, n, 4096);
+    let pack_max_bytes = std::env::args()
+        .any(|a| a == "--pack-max-bytes")
+        .then(|| arg("--pack-max-bytes", "0").parse().unwrap());
+    let cpu0 = cpu_s();
+    let ingest_rate = ingest(&data, n, 4096, pack_max_bytes);
+    let ingest_cpu = cpu_s() - cpu0;
     println!("ingest (256 B records, fsync per 4096-record batch): {ingest_rate:>10.0} rec/s   target >= 100000  {}", verdict(ingest_rate >= 100_000.0));
+    println!(
+        "  ingest CPU time (user+sys of this process): {:.2} s = {:.1} us/record",
+        ingest_cpu,
+        ingest_cpu * 1e6 / n as f64
+    );
+    if std::env::args().any(|a| a == "--ingest-only") {
+        return;
+    }
 
     // Broker.
     let port = free_port();
@@ -177,12 +212,33 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // 2. Drain through the real agent.
+    // 2. Drain through the real agent, with the agent's default upload settings unless
+    // overridden (to study RSS against the upload window).
+    let batch_records = arg(
+        "--batch-records",
+        &fleetlet::telemetry::Config::default()
+            .batch_records
+            .to_string(),
+    );
+    let batch_bytes = arg(
+        "--batch-bytes",
+        &fleetlet::telemetry::Config::default()
+            .batch_bytes
+            .to_string(),
+    );
+    let inflight = arg(
+        "--inflight",
+        &fleetlet::telemetry::Config::default().inflight.to_string(),
+    );
+    let db_cache = match arg("--db-cache-bytes", "") {
+        s if s.is_empty() => String::new(),
+        s => format!("db_cache_bytes = {s}\n"),
+    };
     let (records, raw) = subscriber(port, "#");
     let api = free_port();
     let cfg = tmp.path().join("fleetlet.toml");
     std::fs::write(&cfg, format!(
-        "[device]\nid = \"bench\"\n[agent]\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n[telemetry]\nmetrics_interval = \"0s\"\nbatch_records = 1000\nbatch_bytes = 1048576\ninflight = 32\n",
+        "[device]\nid = \"bench\"\n[agent]\ndata_dir = \"{}\"\nlog_level = \"warn\"\n{db_cache}[api]\nlisten = \"127.0.0.1:{api}\"\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n[telemetry]\nmetrics_interval = \"0s\"\nbatch_records = {batch_records}\nbatch_bytes = {batch_bytes}\ninflight = {inflight}\n",
         data.display()
     )).unwrap();
     let mut agent = Command::new(&agent_bin)
@@ -208,6 +264,7 @@ fn main() {
         })
     };
     let first = wait_count(&records, 1, Duration::from_secs(30)).expect("first record arrives");
+    let rss_first = rss_kb(pid).unwrap_or(0) as f64 / 1024.0;
     let done = wait_count(&records, n, Duration::from_secs(300));
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
@@ -224,6 +281,12 @@ fn main() {
     let rss_mb = rss_max.load(Ordering::Relaxed) as f64 / 1024.0;
     println!("drain (agent -> mosquitto -> subscriber, {got}/{n} received): {drain_rate:>10.0} rec/s   target >= 100000  {}", verdict(drain_rate >= 100_000.0 && got >= n));
     println!("agent peak RSS while draining:                     {rss_mb:>10.1} MB      target <= 15     {}", verdict(rss_mb <= 15.0));
+    println!("  (RSS when the first record arrived: {rss_first:.1} MB; upload: batch_records {batch_records}, batch_bytes {batch_bytes}, inflight {inflight})");
+    if std::env::args().any(|a| a == "--no-peers") {
+        let _ = broker.kill();
+        let _ = broker.wait();
+        return;
+    }
 
     // 3a. mosquitto_pub --repeat, QoS 1, one 256-byte message per record.
     let before = raw.load(Ordering::Relaxed);

@@ -130,6 +130,80 @@ fn kill_9_mid_upload_then_restart_loses_nothing_and_duplicates_stay_within_the_w
     });
 }
 
+/// Writes a queue exactly as layout 1 (fleetlet before packs) left it on robots in the
+/// field: one sled value per record under `[prio][counter u64 BE]`, a postcard `Stored`,
+/// sequence counters under `\xffseq/<stream>`, no layout key.
+fn write_layout_1_queue(dir: &Path, boots: &[(&str, u64)]) -> u64 {
+    let data = fleetlet::datadir::DataDir::new(dir.join("data"));
+    data.create().unwrap();
+    let (db, _) = data.open_db(8 << 20, None).unwrap();
+    let tree = db.open_tree(fleetlet::telemetry::queue::TREE).unwrap();
+    let (mut counter, mut seq) = (0u64, 0u64);
+    for (boot, n) in boots {
+        for _ in 0..*n {
+            let mut k = vec![1u8]; // normal priority
+            k.extend_from_slice(&counter.to_be_bytes());
+            let payload = serde_json::to_vec(&payload(seq)).unwrap();
+            let v = fleetlet::telemetry::record::Stored {
+                stream: "lidar",
+                seq,
+                ts_ms: 1,
+                boot,
+                payload: &payload,
+            }
+            .encode();
+            tree.insert(k, v).unwrap();
+            counter += 1;
+            seq += 1;
+        }
+    }
+    tree.insert(b"\xffseq/lidar", &seq.to_be_bytes()[..])
+        .unwrap();
+    db.flush().unwrap();
+    seq
+}
+
+#[test]
+fn a_queue_left_by_layout_1_is_migrated_and_delivered_with_its_original_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = write_layout_1_queue(dir.path(), &[("old-boot-a", 3_000), ("old-boot-b", 2_000)]);
+    let mut broker = Broker::new(dir.path(), free_port(), "");
+    broker.start();
+    let collector = Collector::start(broker.port, &["fleet/+/telemetry/#"]);
+    let api = free_port();
+    let cfg = write_config(dir.path(), api, broker.port, "robot-m");
+    let _agent = spawn(&cfg);
+    wait_until(Duration::from_secs(60), "every migrated record", || {
+        collector.with(|g| g.unique("lidar") as u64 == n)
+    });
+    collector.with(|g| {
+        g.assert_complete_and_ordered("lidar", n);
+        for seq in [0, 2_999] {
+            assert_eq!(
+                g.boots[&("robot-m".into(), "lidar".into(), seq)],
+                "old-boot-a"
+            );
+        }
+        for seq in [3_000, n - 1] {
+            assert_eq!(
+                g.boots[&("robot-m".into(), "lidar".into(), seq)],
+                "old-boot-b"
+            );
+        }
+        assert_eq!(
+            g.records[&("robot-m".to_string(), "lidar".to_string())][&4_321],
+            payload(4_321)
+        );
+    });
+    wait_until(Duration::from_secs(10), "queue empty in status", || {
+        status(api).is_some_and(|s| {
+            s["subsystems"]["telemetry"]["detail"]["records"]
+                .as_u64()
+                .is_some_and(|r| r <= 2)
+        })
+    });
+}
+
 #[test]
 fn damaged_database_on_start_is_quarantined_reported_and_the_agent_runs() {
     let dir = tempfile::tempdir().unwrap();

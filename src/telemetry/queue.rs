@@ -1,43 +1,84 @@
 //! The durable telemetry queue on sled.
 //!
+//! # Layout (version [`LAYOUT`], one sled tree [`TREE`])
+//! An append groups its records by (priority, stream) and stores each group as one or more
+//! **packs**: one sled value holding up to [`Options::pack_max_records`] records (about
+//! [`Options::pack_max_bytes`]) of one stream, one boot id and one priority, in sequence
+//! order. Next to each pack lives its small **meta** (stream, record count, accounted bytes,
+//! first timestamp, and the index ranges of records already gone). Keys (see [`pack`]):
+//! `p<prio><counter>` pack, `m<prio><counter>` meta, `l<prio><stream>` lane accounting,
+//! `\xffseq/<stream>` sequence counter, `\xfeformat` layout version. The counter is one
+//! number for the whole queue, increasing with every pack.
+//!
 //! # Design constraints (the invariants every change must keep)
 //! - **Durable per batch.** [`Queue::append`] writes a whole batch with one atomic sled
-//!   batch (records plus the advanced per-stream sequence counters); the caller makes it
-//!   durable with [`Queue::flush`] according to the flush policy. A record is "accepted" once
-//!   the flush that follows its append returned; an accepted record survives `kill -9` and
-//!   power loss until it is acknowledged by the broker, evicted by the disk budget, or
-//!   expired by its stream's maximum age — and every eviction or expiry is counted.
-//! - **Order.** Keys are `[priority][u64 big-endian append counter]`, one key space per
-//!   priority, so iteration order of a priority is append order; a stream's records (which
-//!   share one priority unless the producer mixes them) keep their order.
+//!   batch (packs, metas, the advanced per-stream sequence counters and the lane
+//!   accounting); the caller makes it durable with [`Queue::flush`] according to the flush
+//!   policy. A record is "accepted" once the flush that follows its append returned; an
+//!   accepted record survives `kill -9` and power loss until it is acknowledged by the
+//!   broker, evicted by the disk budget, or expired by its stream's maximum age — and every
+//!   eviction or expiry is counted. A batch of N records of one stream costs
+//!   ⌈N / pack size⌉ sled inserts, not N: that is what makes ingest cheap.
+//! - **Order.** Packs of a priority are read in counter order, and records inside a pack in
+//!   sequence order, so a stream's records (which share one priority unless the producer
+//!   mixes them) keep their order. Records of different streams in one append may be
+//!   regrouped (each stream's records become contiguous).
 //! - **Sequence numbers.** Every record gets `seq` = the next number of its stream. Counters
-//!   live under `[0xff]seq/<stream>` in the same tree and are written in the same atomic batch
-//!   as the records, so after any crash they are never behind a stored record: a `seq` is
-//!   never reused within a stream, across restarts too.
-//! - **Boot id.** Each record carries the boot id of the agent start that accepted it, so a
+//!   live under `\xffseq/<stream>` and are written in the same atomic batch as the packs, so
+//!   after any crash they are never behind a stored record: a `seq` is never reused within a
+//!   stream, across restarts too.
+//! - **Boot id.** Each pack carries the boot id of the agent start that accepted it, so a
 //!   record resent after a restart still has its original `(boot, stream, seq)` identity.
-//! - **Budget.** The queue accounts key+value bytes of stored records. After each append it
-//!   evicts, while over budget, the oldest record of the lowest non-empty priority
-//!   (bulk, then normal, then critical). The count of evictions is kept per stream.
+//! - **Accounting without scans.** Records and bytes per (priority, stream) lane are kept
+//!   in sled (`l…` keys) and updated in the same atomic batch as every append, removal and
+//!   eviction, so [`Queue::open`] reads a handful of small keys instead of the whole queue,
+//!   and never pulls the queue into memory. A pack's accounted bytes are its key and value
+//!   plus its meta key and meta as first written; they are released when the pack's last
+//!   record is gone (the pack is then deleted).
+//! - **Budget.** After each append (and at open) the queue evicts, while over budget, the
+//!   oldest pack of the lowest non-empty priority (bulk, then normal, then critical).
+//!   Eviction is per pack, so it may drop up to one pack more than strictly needed. The
+//!   count of evicted records is kept per stream.
 //! - **Removal only on acknowledgement.** The uploader removes records only after the
-//!   broker's PUBACK ([`Queue::remove`]); a crash before that means the record is sent again
-//!   (at least once).
+//!   broker's PUBACK ([`Queue::remove`] with the [`Span`]s it sent); a crash before that
+//!   means the record is sent again (at least once). Removal marks records dead in the
+//!   pack's meta (any subset, any order) and deletes the pack once all its records are dead;
+//!   readers skip dead records.
+//! - **Old layouts.** A queue written by layout 1 (one sled value per record, keys
+//!   `<prio><counter>`) is migrated on open, in chunks that are each one atomic batch (old
+//!   records removed, packs written), so a crash mid-migration resumes where it stopped.
+//!   Order, seq and boot ids are kept. A layout newer than this code is refused with
+//!   [`Error::Layout`].
 //! - sled calls here are synchronous; callers run them off the async workers
 //!   (`spawn_blocking`), flushes in particular.
+
+mod migrate;
+mod pack;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use super::record::Stored;
+use self::migrate::{load_state, migrate_v1_chunk};
+use self::pack::{key, key_counter, key_end, key_prio, with_kind, PackMeta, PackWriter, META};
+pub use self::pack::{Pack, PackError};
+use self::txn::{Reason, Txn};
 use super::{Priority, Record};
 
 /// Name of the sled tree holding the queue.
 pub const TREE: &str = "telemetry";
-const SEQ_PREFIX: &[u8] = b"\xffseq/";
-/// Records removed per eviction round.
-const EVICT_CHUNK: usize = 256;
+/// On-disk layout version written by this code.
+pub const LAYOUT: u8 = 2;
+/// Default records per pack: big enough that a 4096-record append is a few dozen inserts,
+/// small enough that a pack stays a few KiB at agent-sized records.
+pub const DEFAULT_PACK_MAX_RECORDS: u32 = 256;
+/// Default pack size: sled writes a leaf node (up to 16 values) over ~128 KiB as a separate
+/// blob file, so packs stay well under 8 KiB and leaves inline in sled's log.
+pub const DEFAULT_PACK_MAX_BYTES: usize = 6 * 1024;
+/// Old (layout 1) records migrated per atomic batch.
+const MIGRATE_CHUNK: usize = 4096;
 
 /// All priorities, highest first (upload order).
 pub const PRIORITIES: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Bulk];
@@ -66,6 +107,12 @@ pub enum Error {
         /// sled's error.
         source: sled::Error,
     },
+    /// The queue was written by a newer fleetlet.
+    #[error("telemetry queue: on-disk layout {found} is newer than this agent's layout {LAYOUT} (downgraded agent?)")]
+    Layout {
+        /// The layout byte found.
+        found: u8,
+    },
 }
 
 /// Why a record left the queue without being delivered.
@@ -89,45 +136,47 @@ impl Drops {
 /// Records and bytes queued for one (priority, stream).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Lane {
-    /// Records stored.
+    /// Records stored (not yet acknowledged, evicted or expired).
     pub records: u64,
-    /// Key+value bytes stored.
+    /// Accounted bytes of the packs holding them.
     pub bytes: u64,
+}
+
+/// Tunables of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// The disk budget in accounted bytes.
+    pub budget: u64,
+    /// Records per pack at most.
+    pub pack_max_records: u32,
+    /// A pack is closed once its value reaches this many bytes.
+    pub pack_max_bytes: usize,
+}
+
+impl Options {
+    /// Default pack sizes with the given budget.
+    pub fn with_budget(budget: u64) -> Self {
+        Self {
+            budget,
+            pack_max_records: DEFAULT_PACK_MAX_RECORDS,
+            pack_max_bytes: DEFAULT_PACK_MAX_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    next_key: u64,
+    next_counter: u64,
     seqs: HashMap<String, u64>,
     lanes: BTreeMap<(Priority, String), Lane>,
     bytes: u64,
     drops: BTreeMap<String, Drops>,
 }
 
-impl State {
-    fn add(&mut self, p: Priority, stream: &str, bytes: u64) {
-        let lane = self.lanes.entry((p, stream.to_owned())).or_default();
-        lane.records += 1;
-        lane.bytes += bytes;
-        self.bytes += bytes;
-    }
-
-    fn sub(&mut self, p: Priority, stream: &str, bytes: u64) {
-        if let Some(lane) = self.lanes.get_mut(&(p, stream.to_owned())) {
-            lane.records = lane.records.saturating_sub(1);
-            lane.bytes = lane.bytes.saturating_sub(bytes);
-            if lane.records == 0 {
-                self.lanes.remove(&(p, stream.to_owned()));
-            }
-        }
-        self.bytes = self.bytes.saturating_sub(bytes);
-    }
-}
-
 /// A snapshot of the queue's accounting.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
-    /// Accounted bytes of stored records.
+    /// Accounted bytes of stored packs.
     pub bytes: u64,
     /// The disk budget.
     pub budget: u64,
@@ -144,52 +193,88 @@ impl Stats {
     }
 }
 
-/// One stored record as read back.
+/// Where a reader stopped in one priority: the next record to read is record `next` of the
+/// pack with counter `counter` (or any later pack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Pack counter.
+    pub counter: u64,
+    /// Record index inside that pack.
+    pub next: u32,
+}
+
+/// Records of one pack as read for upload.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Its key (priority byte + counter).
+    /// The pack's key.
     pub key: sled::IVec,
-    /// The encoded [`Stored`] value.
+    /// The pack value.
     pub value: sled::IVec,
+    /// Records the pack holds (live and dead), from its meta.
+    pub pack_records: u32,
+    /// The indices read (live, after the cursor, in order).
+    pub indices: Vec<u32>,
 }
 
 impl Entry {
-    /// The append counter in the key.
+    /// The pack counter in the key.
     pub fn counter(&self) -> u64 {
         key_counter(&self.key)
     }
 
-    /// Decodes the value.
+    /// The cursor just after this entry's last record.
+    pub fn cursor_after(&self) -> Cursor {
+        Cursor {
+            counter: self.counter(),
+            next: self.indices.last().map_or(0, |i| i + 1),
+        }
+    }
+
+    /// Decodes the pack, checking it holds as many records as its meta says.
     ///
     /// # Errors
-    /// postcard's error for a damaged value.
-    pub fn decode(&self) -> Result<Stored<'_>, postcard::Error> {
-        Stored::decode(&self.value)
+    /// [`PackError`] for a damaged pack.
+    pub fn pack(&self) -> Result<Pack<'_>, PackError> {
+        let p = Pack::decode(&self.value)?;
+        if p.records.len() != self.pack_records as usize {
+            return Err(PackError {
+                at: self.value.len(),
+            });
+        }
+        Ok(p)
+    }
+
+    /// A span naming some of this entry's records (for [`Queue::remove`]).
+    pub fn span(&self, indices: Vec<u32>) -> Span {
+        Span {
+            key: self.key.clone(),
+            indices,
+        }
     }
 }
 
-fn key_counter(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    if key.len() == 9 {
-        b.copy_from_slice(&key[1..]);
-    }
-    u64::from_be_bytes(b)
+/// Records of one pack to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The pack's key.
+    pub key: sled::IVec,
+    /// Record indices inside the pack.
+    pub indices: Vec<u32>,
 }
 
-fn make_key(p: Priority, counter: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = prio_byte(p);
-    k[1..].copy_from_slice(&counter.to_be_bytes());
-    k
-}
-
-fn prio_of_key(key: &[u8]) -> Option<Priority> {
-    match key.first() {
-        Some(0) => Some(Priority::Critical),
-        Some(1) => Some(Priority::Normal),
-        Some(2) => Some(Priority::Bulk),
-        _ => None,
-    }
+/// A stored record, owned (tests and tools).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Stream.
+    pub stream: String,
+    /// Per-stream sequence number.
+    pub seq: u64,
+    /// Producer time.
+    pub ts_ms: u64,
+    /// Boot id of the agent start that accepted it.
+    pub boot: String,
+    /// Payload (JSON text).
+    pub payload: Vec<u8>,
 }
 
 /// Cheap-to-clone handle on the queue.
@@ -202,7 +287,7 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     boot: String,
-    budget: u64,
+    opts: Options,
     state: Mutex<State>,
     appended: tokio::sync::Notify,
 }
@@ -216,49 +301,50 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Opens (or creates) the queue in `db`, scanning it to rebuild the accounting.
-    /// `boot` is stamped on records appended from now on.
+    /// Opens (or creates) the queue in `db` with default pack sizes. `boot` is stamped on
+    /// records appended from now on.
     ///
     /// # Errors
-    /// [`Error::Db`] when sled fails. Undecodable records are removed and counted as
-    /// `corrupt` drops instead.
+    /// As [`Queue::open_with`].
     pub fn open(db: &sled::Db, boot: &str, budget: u64) -> Result<Self, Error> {
+        Self::open_with(db, boot, Options::with_budget(budget))
+    }
+
+    /// Opens (or creates) the queue: reads the persisted accounting (no scan of the
+    /// records), migrates a layout-1 queue, then evicts if over the budget.
+    ///
+    /// # Errors
+    /// [`Error::Db`] when sled fails; [`Error::Layout`] for a layout newer than this code.
+    /// Undecodable layout-1 records are removed and counted as `corrupt` drops instead.
+    pub fn open_with(db: &sled::Db, boot: &str, opts: Options) -> Result<Self, Error> {
         let tree = db.open_tree(TREE).map_err(db_err("open tree"))?;
-        let mut state = State::default();
-        let mut damaged = Vec::new();
-        for p in PRIORITIES {
-            for item in tree.scan_prefix([prio_byte(p)]) {
-                let (k, v) = item.map_err(db_err("scan"))?;
-                state.next_key = state.next_key.max(key_counter(&k) + 1);
-                match Stored::decode(&v) {
-                    Ok(r) => state.add(p, r.stream, (k.len() + v.len()) as u64),
-                    Err(_) => damaged.push(k),
-                }
+        let layout = tree.get(pack::FORMAT_KEY).map_err(db_err("read layout"))?;
+        if let Some(found) = layout.as_ref().and_then(|v| v.first().copied()) {
+            if found > LAYOUT {
+                return Err(Error::Layout { found });
             }
         }
-        for item in tree.scan_prefix(SEQ_PREFIX) {
-            let (k, v) = item.map_err(db_err("scan"))?;
-            let stream = String::from_utf8_lossy(&k[SEQ_PREFIX.len()..]).into_owned();
-            let mut b = [0u8; 8];
-            if v.len() == 8 {
-                b.copy_from_slice(&v);
-            }
-            state.seqs.insert(stream, u64::from_be_bytes(b));
+        let mut st = load_state(&tree)?;
+        if layout.is_none() {
+            while migrate_v1_chunk(&tree, &mut st, &opts, MIGRATE_CHUNK)? > 0 {}
+            tree.insert(pack::FORMAT_KEY, &[LAYOUT][..])
+                .map_err(db_err("write layout"))?;
         }
-        for k in damaged {
-            tree.remove(&k).map_err(db_err("remove"))?;
-            state.drops.entry("<corrupt>".into()).or_default().corrupt += 1;
-        }
-        Ok(Self {
+        let q = Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 tree,
                 boot: boot.to_owned(),
-                budget,
-                state: Mutex::new(state),
+                opts,
+                state: Mutex::new(st),
                 appended: tokio::sync::Notify::new(),
             }),
-        })
+        };
+        {
+            let mut st = q.state();
+            q.evict(&mut st)?;
+        }
+        Ok(q)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -276,7 +362,7 @@ impl Queue {
 
     /// The disk budget in bytes.
     pub fn budget(&self) -> u64 {
-        self.inner.budget
+        self.inner.opts.budget
     }
 
     /// Appends records (each with its final priority) in one atomic batch, then evicts while
@@ -288,51 +374,75 @@ impl Queue {
         if records.is_empty() {
             return Ok(0);
         }
+        // Serialise payloads before taking the lock (the uploader shares it).
+        let mut text = Vec::with_capacity(records.len() * 64);
+        let mut ends = Vec::with_capacity(records.len());
+        for r in records {
+            // Writing a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut text, &r.payload);
+            ends.push(text.len());
+        }
+        let opts = self.inner.opts;
         let evicted = {
             let mut st = self.state();
-            let mut batch = sled::Batch::default();
-            let mut seqs_touched: HashMap<&str, u64> = HashMap::new();
-            let mut added = Vec::with_capacity(records.len());
-            let mut next_key = st.next_key;
-            for r in records {
-                let seq = match seqs_touched.get(r.stream.as_str()) {
+            let mut tx = Txn::new();
+            let mut seqs: HashMap<&str, u64> = HashMap::new();
+            // Open packs by (priority, stream), with their counters, in first-seen order.
+            let mut open: Vec<(Priority, &str, u64, PackWriter)> = Vec::new();
+            let mut done: Vec<(Priority, u64, PackWriter, &str)> = Vec::new();
+            let mut next_counter = st.next_counter;
+            let mut start = 0;
+            for (r, end) in records.iter().zip(ends) {
+                let payload = &text[start..end];
+                start = end;
+                let seq = match seqs.get(r.stream.as_str()) {
                     Some(s) => *s,
                     None => st.seqs.get(&r.stream).copied().unwrap_or(0),
                 };
-                seqs_touched.insert(&r.stream, seq + 1);
-                let payload = serde_json::to_vec(&r.payload).unwrap_or_default();
-                let value = Stored {
-                    stream: &r.stream,
-                    seq,
-                    ts_ms: r.ts_ms,
-                    boot: &self.inner.boot,
-                    payload: &payload,
+                seqs.insert(&r.stream, seq + 1);
+                let at = match open
+                    .iter()
+                    .position(|(p, s, _, _)| *p == r.priority && *s == r.stream)
+                {
+                    Some(i) => i,
+                    None => {
+                        let cap = opts.pack_max_bytes.min(payload.len() * 2 + 256);
+                        open.push((
+                            r.priority,
+                            &r.stream,
+                            next_counter,
+                            PackWriter::new(&r.stream, &self.inner.boot, cap),
+                        ));
+                        next_counter += 1;
+                        open.len() - 1
+                    }
+                };
+                let w = &mut open[at].3;
+                w.push(seq, r.ts_ms, payload);
+                if w.records() >= opts.pack_max_records || w.len() >= opts.pack_max_bytes {
+                    let (p, s, c, w) = open.swap_remove(at);
+                    done.push((p, c, w, s));
                 }
-                .encode();
-                let key = make_key(r.priority, next_key);
-                next_key += 1;
-                added.push((
-                    r.priority,
-                    r.stream.as_str(),
-                    (key.len() + value.len()) as u64,
-                ));
-                batch.insert(&key[..], value);
             }
-            for (stream, next) in &seqs_touched {
-                let mut k = SEQ_PREFIX.to_vec();
+            done.extend(open.into_iter().map(|(p, s, c, w)| (p, c, w, s)));
+            for (p, counter, w, stream) in done {
+                let n = w.records();
+                let (value, meta) = w.finish(stream, 10);
+                let lane = tx.lane(&st, p, stream);
+                lane.records += u64::from(n);
+                lane.bytes += meta.bytes;
+                tx.batch.insert(&key(pack::PACK, p, counter)[..], value);
+                tx.batch.insert(&key(META, p, counter)[..], meta.encode());
+            }
+            for (stream, next) in &seqs {
+                let mut k = pack::SEQ_PREFIX.to_vec();
                 k.extend_from_slice(stream.as_bytes());
-                batch.insert(k, &next.to_be_bytes()[..]);
+                tx.batch.insert(k, &next.to_be_bytes()[..]);
             }
-            self.inner
-                .tree
-                .apply_batch(batch)
-                .map_err(db_err("append"))?;
-            st.next_key = next_key;
-            for (stream, next) in seqs_touched {
+            tx.apply(&self.inner.tree, &mut st, "append")?;
+            st.next_counter = next_counter;
+            for (stream, next) in seqs {
                 st.seqs.insert(stream.to_owned(), next);
-            }
-            for (p, stream, bytes) in added {
-                st.add(p, stream, bytes);
             }
             self.evict(&mut st)?
         };
@@ -340,11 +450,12 @@ impl Queue {
         Ok(evicted)
     }
 
-    /// Evicts while over budget. Runs under the state lock of the append, so no snapshot
-    /// ever sees the queue over its budget.
+    /// Evicts whole packs while over budget, oldest first from the lowest priority that has
+    /// records. Runs under the state lock, so no snapshot ever sees the queue over budget.
     fn evict(&self, st: &mut State) -> Result<u64, Error> {
+        let budget = self.inner.opts.budget;
         let mut evicted = 0;
-        while st.bytes > self.inner.budget {
+        while st.bytes > budget {
             let Some(p) = PRIORITIES
                 .iter()
                 .rev()
@@ -353,34 +464,65 @@ impl Queue {
             else {
                 return Ok(evicted);
             };
-            let keys: Vec<sled::IVec> = self
-                .inner
-                .tree
-                .scan_prefix([prio_byte(p)])
-                .keys()
-                .take(EVICT_CHUNK)
-                .collect::<Result<_, _>>()
-                .map_err(db_err("scan"))?;
-            if keys.is_empty() {
-                // Accounting says records exist but sled has none: resynchronise.
-                st.lanes.retain(|(lp, _), _| *lp != p);
-                continue;
-            }
-            for k in keys {
-                if st.bytes <= self.inner.budget {
+            let mut tx = Txn::new();
+            let mut freed = 0u64;
+            let (mut any, mut damaged) = (false, false);
+            let tree = &self.inner.tree;
+            for item in tree.range(meta_range(p, 0)) {
+                let (mk, mv) = item.map_err(db_err("scan metas"))?;
+                any = true;
+                let bytes = PackMeta::decode(&mv).map_or(0, |m| m.bytes);
+                if PackMeta::decode(&mv).is_none() {
+                    // A damaged meta: drop the pack; the lane accounting is rebuilt below.
+                    tx.batch.remove(&with_kind(&mk, pack::PACK)[..]);
+                    tx.batch.remove(&mk[..]);
+                    tx.drops.push(("<corrupt>".into(), Reason::Corrupt, 1));
+                    damaged = true;
+                    continue;
+                }
+                evicted += tx.kill(st, tree, &with_kind(&mk, pack::PACK), None, Reason::Evicted)?;
+                freed += bytes;
+                if st.bytes.saturating_sub(freed) <= budget {
                     break;
                 }
-                if let Some(v) = self.inner.tree.remove(&k).map_err(db_err("evict"))? {
-                    let stream = Stored::decode(&v)
-                        .map(|r| r.stream.to_owned())
-                        .unwrap_or_else(|_| "<corrupt>".into());
-                    st.sub(p, &stream, (k.len() + v.len()) as u64);
-                    st.drops.entry(stream).or_default().evicted += 1;
-                    evicted += 1;
-                }
+            }
+            tx.apply(tree, st, "evict")?;
+            if !any || damaged {
+                // Accounting says records exist but sled has none, or a meta was damaged:
+                // resynchronise.
+                self.rebuild_accounting(st)?;
             }
         }
         Ok(evicted)
+    }
+
+    /// Recomputes the lane accounting from the metas (a scan of the small meta keys; only
+    /// after damage was found).
+    fn rebuild_accounting(&self, st: &mut State) -> Result<(), Error> {
+        let tree = &self.inner.tree;
+        let mut lanes: BTreeMap<(Priority, String), Lane> = BTreeMap::new();
+        for item in tree.scan_prefix([META]) {
+            let (k, v) = item.map_err(db_err("scan metas"))?;
+            let (Some(p), Some(m)) = (key_prio(&k), PackMeta::decode(&v)) else {
+                continue;
+            };
+            let l = lanes.entry((p, m.stream.clone())).or_default();
+            l.records += u64::from(m.live());
+            l.bytes += m.bytes;
+        }
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix([pack::LANE]).keys() {
+            batch.remove(item.map_err(db_err("scan lanes"))?);
+        }
+        for ((p, s), l) in &lanes {
+            batch.insert(pack::lane_key(*p, s), pack::encode_lane(l));
+        }
+        tree.apply_batch(batch)
+            .map_err(db_err("rebuild accounting"))?;
+        st.bytes = lanes.values().map(|l| l.bytes).sum();
+        st.lanes = lanes;
+        tracing::warn!("telemetry queue accounting rebuilt after damage");
+        Ok(())
     }
 
     /// Makes everything appended so far durable (blocking, an fsync).
@@ -392,82 +534,123 @@ impl Queue {
         Ok(())
     }
 
-    /// Reads up to `max_records` records (and at most about `max_bytes` of values, always at
-    /// least one) of the highest priority that has records after its cursor
-    /// (`after[i]` is the last append counter already taken from priority `PRIORITIES[i]`).
+    /// Reads up to `max_records` records (and about `max_bytes` of pack values, always at
+    /// least one record) of the highest priority that has records after its cursor
+    /// (`after[i]` is the cursor of priority `PRIORITIES[i]`, `None` = from the oldest).
+    /// Loads only the packs it returns, so memory is bounded by the chunk. Packs whose meta
+    /// is damaged are removed and counted as corrupt.
     ///
     /// # Errors
     /// [`Error::Db`].
     pub fn read(
         &self,
-        after: &[Option<u64>; 3],
+        after: &[Option<Cursor>; 3],
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<(Priority, Vec<Entry>)>, Error> {
-        for p in PRIORITIES {
-            let start = match after[prio_index(p)] {
-                Some(c) => make_key(p, c.saturating_add(1)),
-                None => make_key(p, 0),
-            };
-            let end = [prio_byte(p) + 1];
+        let tree = &self.inner.tree;
+        let mut damaged = Vec::new();
+        let mut found = None;
+        'prio: for p in PRIORITIES {
+            let cur = after[prio_index(p)];
             let mut out = Vec::new();
-            let mut bytes = 0usize;
-            for item in self.inner.tree.range(&start[..]..&end[..]) {
-                let (key, value) = item.map_err(db_err("read"))?;
-                bytes += value.len();
-                out.push(Entry { key, value });
-                if out.len() >= max_records || bytes >= max_bytes {
+            let (mut n, mut bytes) = (0usize, 0usize);
+            for item in tree.range(meta_range(p, cur.map_or(0, |c| c.counter))) {
+                let (mk, mv) = item.map_err(db_err("read"))?;
+                let Some(meta) = PackMeta::decode(&mv) else {
+                    damaged.push(mk);
+                    continue;
+                };
+                let from = match cur {
+                    Some(c) if c.counter == key_counter(&mk) => c.next,
+                    _ => 0,
+                };
+                let indices: Vec<u32> = meta
+                    .live_from(from)
+                    .take(max_records.saturating_sub(n).max(1))
+                    .collect();
+                if indices.is_empty() {
+                    continue;
+                }
+                let pk = with_kind(&mk, pack::PACK);
+                let Some(value) = tree.get(pk).map_err(db_err("read"))? else {
+                    continue; // evicted since the meta was read
+                };
+                n += indices.len();
+                bytes += value.len() * indices.len() / meta.records.max(1) as usize;
+                out.push(Entry {
+                    key: sled::IVec::from(&pk[..]),
+                    value,
+                    pack_records: meta.records,
+                    indices,
+                });
+                if n >= max_records || bytes >= max_bytes {
                     break;
                 }
             }
             if !out.is_empty() {
-                return Ok(Some((p, out)));
+                found = Some((p, out));
+                break 'prio;
             }
         }
-        Ok(None)
+        if !damaged.is_empty() {
+            let mut st = self.state();
+            let mut batch = sled::Batch::default();
+            for mk in &damaged {
+                batch.remove(&with_kind(mk, pack::PACK)[..]);
+                batch.remove(mk);
+            }
+            tree.apply_batch(batch).map_err(db_err("remove damaged"))?;
+            st.drops.entry("<corrupt>".into()).or_default().corrupt += damaged.len() as u64;
+            self.rebuild_accounting(&mut st)?;
+        }
+        Ok(found)
     }
 
     /// Removes acknowledged records. Records already gone (evicted meanwhile) are skipped.
+    /// Returns the number of records removed.
     ///
     /// # Errors
     /// [`Error::Db`].
-    pub fn remove(&self, keys: &[sled::IVec]) -> Result<(), Error> {
-        self.remove_counted(keys, None)
+    pub fn remove(&self, spans: &[Span]) -> Result<u64, Error> {
+        self.kill_spans(spans, Reason::Acked)
     }
 
     /// Removes records that exceeded their stream's maximum age, counting them as expired.
     ///
     /// # Errors
     /// [`Error::Db`].
-    pub fn expire(&self, keys: &[sled::IVec]) -> Result<(), Error> {
-        self.remove_counted(keys, Some(false))
+    pub fn expire(&self, spans: &[Span]) -> Result<u64, Error> {
+        self.kill_spans(spans, Reason::Expired)
     }
 
-    /// Removes records whose value cannot be decoded, counting them as corrupt.
+    /// Removes whole packs that cannot be decoded, counting their records as corrupt.
     ///
     /// # Errors
     /// [`Error::Db`].
-    pub fn discard_corrupt(&self, keys: &[sled::IVec]) -> Result<(), Error> {
-        self.remove_counted(keys, Some(true))
+    pub fn discard_corrupt(&self, pack_keys: &[sled::IVec]) -> Result<u64, Error> {
+        let mut st = self.state();
+        let mut tx = Txn::new();
+        let mut n = 0;
+        for k in pack_keys {
+            n += tx.kill(&st, &self.inner.tree, k, None, Reason::Corrupt)?;
+        }
+        tx.apply(&self.inner.tree, &mut st, "discard corrupt")?;
+        Ok(n)
     }
 
-    fn remove_counted(&self, keys: &[sled::IVec], drop: Option<bool>) -> Result<(), Error> {
-        for k in keys {
-            let Some(p) = prio_of_key(k) else { continue };
-            if let Some(v) = self.inner.tree.remove(k).map_err(db_err("remove"))? {
-                let stream = Stored::decode(&v)
-                    .map(|r| r.stream.to_owned())
-                    .unwrap_or_else(|_| "<corrupt>".into());
-                let mut st = self.state();
-                st.sub(p, &stream, (k.len() + v.len()) as u64);
-                match drop {
-                    None => {}
-                    Some(false) => st.drops.entry(stream).or_default().expired += 1,
-                    Some(true) => st.drops.entry(stream).or_default().corrupt += 1,
-                }
-            }
+    fn kill_spans(&self, spans: &[Span], reason: Reason) -> Result<u64, Error> {
+        if spans.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        let mut st = self.state();
+        let mut tx = Txn::new();
+        let mut n = 0;
+        for s in spans {
+            n += tx.kill(&st, &self.inner.tree, &s.key, Some(&s.indices), reason)?;
+        }
+        tx.apply(&self.inner.tree, &mut st, "remove")?;
+        Ok(n)
     }
 
     /// Accounting snapshot.
@@ -475,7 +658,7 @@ impl Queue {
         let st = self.state();
         Stats {
             bytes: st.bytes,
-            budget: self.inner.budget,
+            budget: self.inner.opts.budget,
             lanes: st
                 .lanes
                 .iter()
@@ -500,24 +683,38 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Producer timestamp of the oldest stored record (any priority).
+    /// Producer timestamp of the oldest stored record (any priority). Reads one meta per
+    /// priority, and a pack only when its first record is already gone.
     ///
     /// # Errors
     /// [`Error::Db`].
     pub fn oldest_ts_ms(&self) -> Result<Option<u64>, Error> {
+        let tree = &self.inner.tree;
         let mut oldest: Option<u64> = None;
         for p in PRIORITIES {
-            if let Some((_, v)) = self
-                .inner
-                .tree
-                .scan_prefix([prio_byte(p)])
+            let first = tree
+                .range(meta_range(p, 0))
                 .next()
                 .transpose()
-                .map_err(db_err("scan"))?
-            {
-                if let Ok(r) = Stored::decode(&v) {
-                    oldest = Some(oldest.map_or(r.ts_ms, |o| o.min(r.ts_ms)));
-                }
+                .map_err(db_err("scan"))?;
+            let Some((mk, mv)) = first else { continue };
+            let Some(meta) = PackMeta::decode(&mv) else {
+                continue;
+            };
+            let ts = if !meta.is_dead(0) {
+                Some(meta.first_ts)
+            } else {
+                let v = tree
+                    .get(with_kind(&mk, pack::PACK))
+                    .map_err(db_err("read"))?;
+                let i = meta.live_from(0).next();
+                v.as_deref()
+                    .and_then(|v| Pack::decode(v).ok())
+                    .zip(i)
+                    .and_then(|(pk, i)| pk.get(i).map(|r| r.ts_ms))
+            };
+            if let Some(ts) = ts {
+                oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
             }
         }
         Ok(oldest)
@@ -534,17 +731,40 @@ impl Queue {
         &self.inner.appended
     }
 
-    /// All stored entries of one priority, oldest first (tests and tools).
+    /// All stored records of one priority, oldest first (tests and tools; loads them all).
     ///
     /// # Errors
     /// [`Error::Db`].
-    pub fn entries(&self, p: Priority) -> Result<Vec<Entry>, Error> {
-        self.inner
-            .tree
-            .scan_prefix([prio_byte(p)])
-            .map(|i| i.map(|(key, value)| Entry { key, value }))
-            .collect::<Result<_, _>>()
-            .map_err(db_err("scan"))
+    pub fn records(&self, p: Priority) -> Result<Vec<Queued>, Error> {
+        let mut out = Vec::new();
+        let mut cur = [None; 3];
+        while let Some((rp, entries)) = self.read(&cur, 4096, usize::MAX)? {
+            if prio_index(rp) > prio_index(p) {
+                break;
+            }
+            if rp != p {
+                // Higher priorities are skipped by pretending they were read.
+                cur[prio_index(rp)] = entries.last().map(Entry::cursor_after);
+                continue;
+            }
+            for e in &entries {
+                if let Ok(pack) = e.pack() {
+                    for &i in &e.indices {
+                        if let Some(r) = pack.get(i) {
+                            out.push(Queued {
+                                stream: r.stream.to_owned(),
+                                seq: r.seq,
+                                ts_ms: r.ts_ms,
+                                boot: r.boot.to_owned(),
+                                payload: r.payload.to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+            cur[prio_index(p)] = entries.last().map(Entry::cursor_after);
+        }
+        Ok(out)
     }
 
     /// The next sequence number of `stream`.
@@ -553,217 +773,14 @@ impl Queue {
     }
 }
 
+/// The keys of the metas of priority `p` from pack counter `from` on.
+fn meta_range(p: Priority, from: u64) -> std::ops::Range<Vec<u8>> {
+    key(META, p, from).to_vec()..key_end(META, p).to_vec()
+}
+
 fn db_err(op: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |source| Error::Db { op, source }
 }
 
 #[cfg(test)]
-mod tests {
-    //! Model-based tests (vector disk_v2/tests/model style): random operations run against
-    //! the real queue and a plain in-memory model; after every step the stored records,
-    //! byte accounting and drop counts must agree.
-    use super::*;
-    use proptest::prelude::*;
-    use std::collections::VecDeque;
-
-    const STREAMS: [&str; 3] = ["a", "b", "c"];
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Append(Vec<(usize, Priority, usize)>),
-        Ack(usize),
-        Reopen,
-    }
-
-    fn prio() -> impl Strategy<Value = Priority> {
-        prop_oneof![
-            Just(Priority::Critical),
-            Just(Priority::Normal),
-            Just(Priority::Bulk)
-        ]
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            5 => proptest::collection::vec((0..3usize, prio(), 0..400usize), 1..40).prop_map(Op::Append),
-            2 => (1..30usize).prop_map(Op::Ack),
-            1 => Just(Op::Reopen),
-        ]
-    }
-
-    #[derive(Default)]
-    struct Model {
-        lanes: [VecDeque<(String, u64, u64)>; 3],
-        seqs: HashMap<String, u64>,
-        bytes: u64,
-        drops: BTreeMap<String, Drops>,
-    }
-
-    fn record(stream: &str, p: Priority, len: usize) -> Record {
-        Record {
-            stream: stream.into(),
-            priority: p,
-            ts_ms: 1,
-            payload: serde_json::Value::String("x".repeat(len)),
-        }
-    }
-
-    fn size(r: &Record, seq: u64, boot: &str) -> u64 {
-        let payload = serde_json::to_vec(&r.payload).unwrap();
-        (9 + Stored {
-            stream: &r.stream,
-            seq,
-            ts_ms: r.ts_ms,
-            boot,
-            payload: &payload,
-        }
-        .encode()
-        .len()) as u64
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-        #[test]
-        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..40), budget in 2_000u64..40_000) {
-            let dir = tempfile::tempdir().unwrap();
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let mut boot = 0u32;
-            let mut q = Queue::open(&db, &format!("{boot:032}"), budget).unwrap();
-            let mut m = Model::default();
-            for op in ops {
-                match op {
-                    Op::Append(rs) => {
-                        let recs: Vec<Record> = rs.iter().map(|(s, p, l)| record(STREAMS[*s], *p, *l)).collect();
-                        q.append(&recs).unwrap();
-                        for r in &recs {
-                            let seq = m.seqs.entry(r.stream.clone()).or_insert(0);
-                            let sz = size(r, *seq, q.boot());
-                            m.lanes[prio_index(r.priority)].push_back((r.stream.clone(), *seq, sz));
-                            *seq += 1;
-                            m.bytes += sz;
-                        }
-                        while m.bytes > budget {
-                            let Some(lane) = m.lanes.iter_mut().rev().find(|l| !l.is_empty()) else { break };
-                            let (s, _, sz) = lane.pop_front().unwrap();
-                            m.bytes -= sz;
-                            m.drops.entry(s).or_default().evicted += 1;
-                        }
-                    }
-                    Op::Ack(n) => {
-                        let got = q.read(&[None; 3], n, usize::MAX).unwrap();
-                        let lane = m.lanes.iter_mut().find(|l| !l.is_empty());
-                        match (got, lane) {
-                            (None, None) => {}
-                            (Some((p, entries)), Some(lane)) => {
-                                prop_assert_eq!(entries.len(), n.min(lane.len()));
-                                for e in &entries {
-                                    let r = e.decode().unwrap();
-                                    let (s, seq, sz) = lane.pop_front().unwrap();
-                                    prop_assert_eq!((r.stream, r.seq), (s.as_str(), seq));
-                                    prop_assert_eq!(prio_of_key(&e.key), Some(p));
-                                    m.bytes -= sz;
-                                }
-                                let keys: Vec<_> = entries.into_iter().map(|e| e.key).collect();
-                                q.remove(&keys).unwrap();
-                            }
-                            (got, lane) => prop_assert!(false, "queue read {:?} but model lane {:?}", got.map(|g| g.1.len()), lane.map(|l| l.len())),
-                        }
-                    }
-                    Op::Reopen => {
-                        q.flush().unwrap();
-                        drop(q);
-                        boot += 1;
-                        q = Queue::open(&db, &format!("{boot:032}"), budget).unwrap();
-                        // Drop counters are per agent start (they were reported already).
-                        m.drops.clear();
-                    }
-                }
-                for p in PRIORITIES {
-                    let stored: Vec<(String, u64)> = q.entries(p).unwrap().iter().map(|e| { let r = e.decode().unwrap(); (r.stream.to_owned(), r.seq) }).collect();
-                    let model: Vec<(String, u64)> = m.lanes[prio_index(p)].iter().map(|(s, q, _)| (s.clone(), *q)).collect();
-                    prop_assert_eq!(stored, model, "priority {:?}", p);
-                }
-                prop_assert_eq!(q.stats().bytes, m.bytes);
-                prop_assert!(q.stats().bytes <= budget);
-                prop_assert_eq!(q.drops(), m.drops.clone());
-                for s in STREAMS {
-                    prop_assert_eq!(q.next_seq(s), m.seqs.get(s).copied().unwrap_or(0));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn records_survive_reopen_with_their_original_boot_id_and_seq_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let q = Queue::open(&db, "boot-1", 1 << 20).unwrap();
-        q.append(&[
-            record("a", Priority::Normal, 3),
-            record("a", Priority::Normal, 3),
-        ])
-        .unwrap();
-        q.flush().unwrap();
-        drop(q);
-        let q = Queue::open(&db, "boot-2", 1 << 20).unwrap();
-        q.append(&[record("a", Priority::Normal, 3)]).unwrap();
-        let got: Vec<(String, u64)> = q
-            .entries(Priority::Normal)
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let r = e.decode().unwrap();
-                (r.boot.to_owned(), r.seq)
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("boot-1".into(), 0),
-                ("boot-1".into(), 1),
-                ("boot-2".into(), 2)
-            ]
-        );
-    }
-
-    #[test]
-    fn read_after_cursor_skips_records_already_taken_and_prefers_higher_priority() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let q = Queue::open(&db, "b", 1 << 20).unwrap();
-        q.append(&[
-            record("bulk", Priority::Bulk, 1),
-            record("n", Priority::Normal, 1),
-            record("n", Priority::Normal, 1),
-        ])
-        .unwrap();
-        let (p, e) = q.read(&[None; 3], 1, usize::MAX).unwrap().unwrap();
-        assert_eq!((p, e.len()), (Priority::Normal, 1));
-        let mut cur = [None; 3];
-        cur[1] = Some(e[0].counter());
-        let (p, e2) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
-        assert_eq!(
-            (p, e2.len(), e2[0].decode().unwrap().seq),
-            (Priority::Normal, 1, 1)
-        );
-        cur[1] = Some(e2[0].counter());
-        let (p, _) = q.read(&cur, 10, usize::MAX).unwrap().unwrap();
-        assert_eq!(p, Priority::Bulk);
-    }
-
-    #[test]
-    fn damaged_records_are_removed_on_open_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let q = Queue::open(&db, "b", 1 << 20).unwrap();
-        q.append(&[record("a", Priority::Normal, 1)]).unwrap();
-        drop(q);
-        db.open_tree(TREE)
-            .unwrap()
-            .insert(make_key(Priority::Normal, 99), &[0xffu8; 3][..])
-            .unwrap();
-        let q = Queue::open(&db, "b", 1 << 20).unwrap();
-        assert_eq!(q.len(), 1);
-        assert_eq!(q.drops()["<corrupt>"].corrupt, 1);
-    }
-}
+mod tests;

@@ -10,7 +10,9 @@
 //!   `inflight * batch_records` records.
 //! - On a connection loss ([`crate::mqtt::Handle::epoch`]) every unacknowledged batch is
 //!   forgotten and the queue is read again from its oldest record.
-//! - A message carries records of one stream and one boot id, in queue order.
+//! - A message carries records of one stream and one boot id, in queue order. It remembers
+//!   the records it carries as [`Span`]s (pack key + record indices); the PUBACK removes
+//!   exactly those, so acknowledgements may arrive in any order and cover part of a pack.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{prio_byte, Entry, Queue};
+use super::queue::{prio_byte, Cursor, Entry, Queue, Span};
 use super::record::encode_batch;
 use super::writer::Config;
 use super::{now_ms, Priority};
@@ -53,8 +55,15 @@ impl Stats {
     }
 }
 
+/// (stream, boot) of a message.
+type StreamBoot = (String, String);
+/// Records of one entry going into a message: (entry index, record indices).
+type Part = (usize, Vec<u32>);
+
 struct InFlight {
-    keys: Vec<sled::IVec>,
+    /// The records the message carries, pack by pack.
+    spans: Vec<Span>,
+    records: u64,
 }
 
 /// The uploader task state.
@@ -95,7 +104,7 @@ impl Uploader {
         };
         let mut epoch = self.link.epoch();
         let mut connected = self.link.connected();
-        let mut cursors: [Option<u64>; 3] = [None; 3];
+        let mut cursors: [Option<Cursor>; 3] = [None; 3];
         let mut inflight: HashMap<u64, InFlight> = HashMap::new();
         let window = usize::from(self.cfg.inflight);
         loop {
@@ -152,11 +161,11 @@ impl Uploader {
             };
             // Linger: wait for a fuller batch while the oldest record is young.
             let size: usize = entries.iter().map(|e| e.value.len()).sum();
-            if entries.len() < n && size < bytes && !self.cfg.batch_linger.is_zero() {
+            let count: usize = entries.iter().map(|e| e.indices.len()).sum();
+            if count < n && size < bytes && !self.cfg.batch_linger.is_zero() {
                 let oldest = entries
                     .first()
-                    .and_then(|e| e.decode().ok())
-                    .map(|r| r.ts_ms)
+                    .and_then(|e| Some(e.pack().ok()?.get(*e.indices.first()?)?.ts_ms))
                     .unwrap_or(0);
                 let age = Duration::from_millis(now_ms().saturating_sub(oldest));
                 if age < self.cfg.batch_linger {
@@ -171,7 +180,7 @@ impl Uploader {
                 }
             }
             if let Some(last) = entries.last() {
-                cursors[prio_byte(prio) as usize] = Some(last.counter());
+                cursors[prio_byte(prio) as usize] = Some(last.cursor_after());
             }
             if !self.send_chunk(prio, entries, &mut inflight, &cancel).await {
                 return;
@@ -188,23 +197,24 @@ impl Uploader {
         acks: &mut tokio::sync::mpsc::Receiver<LinkEvent>,
         inflight: &mut HashMap<u64, InFlight>,
     ) {
-        let mut keys = Vec::new();
+        let mut spans = Vec::new();
         let mut messages = 0u64;
+        let mut n = 0u64;
         let mut next = Some(ev);
         while let Some(LinkEvent::Acked(token)) = next {
             if let Some(f) = inflight.remove(&token) {
-                keys.extend(f.keys);
+                spans.extend(f.spans);
+                n += f.records;
                 messages += 1;
             }
             next = acks.try_recv().ok();
         }
-        if keys.is_empty() {
+        if spans.is_empty() {
             return;
         }
-        let n = keys.len() as u64;
         let q = self.queue.clone();
         match tokio::task::spawn_blocking(move || {
-            q.remove(&keys)?;
+            q.remove(&spans)?;
             q.flush()
         })
         .await
@@ -235,28 +245,47 @@ impl Uploader {
         let now = now_ms();
         let mut expired = Vec::new();
         let mut corrupt = Vec::new();
-        // (stream, boot) -> indices, in first-seen order.
-        let mut groups: Vec<((String, String), Vec<usize>)> = Vec::new();
+        // (stream, boot) -> (entry, live indices to send) in first-seen order. A pack holds
+        // one stream and boot, so each entry goes to one group.
+        let mut groups: Vec<(StreamBoot, Vec<Part>)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let r = match e.decode() {
-                Ok(r) => r,
+            let pack = match e.pack() {
+                Ok(p) => p,
                 Err(_) => {
                     corrupt.push(e.key.clone());
                     continue;
                 }
             };
-            if let Some(max) = self.cfg.streams.get(r.stream).and_then(|s| s.max_age) {
-                if now.saturating_sub(r.ts_ms) > max.as_millis() as u64 {
-                    expired.push(e.key.clone());
-                    continue;
+            let max_age = self
+                .cfg
+                .streams
+                .get(pack.stream)
+                .and_then(|s| s.max_age)
+                .map(|d| d.as_millis() as u64);
+            let (mut send, mut old) = (Vec::new(), Vec::new());
+            for &ix in &e.indices {
+                let ts = pack.records.get(ix as usize).map_or(0, |r| r.1);
+                if max_age.is_some_and(|max| now.saturating_sub(ts) > max) {
+                    old.push(ix);
+                } else {
+                    send.push(ix);
                 }
+            }
+            if !old.is_empty() {
+                expired.push(e.span(old));
+            }
+            if send.is_empty() {
+                continue;
             }
             match groups
                 .iter_mut()
-                .find(|((s, b), _)| s == r.stream && b == r.boot)
+                .find(|((s, b), _)| s == pack.stream && b == pack.boot)
             {
-                Some((_, v)) => v.push(i),
-                None => groups.push(((r.stream.to_owned(), r.boot.to_owned()), vec![i])),
+                Some((_, v)) => v.push((i, send)),
+                None => groups.push((
+                    (pack.stream.to_owned(), pack.boot.to_owned()),
+                    vec![(i, send)],
+                )),
             }
         }
         if !expired.is_empty() || !corrupt.is_empty() {
@@ -267,9 +296,16 @@ impl Uploader {
             })
             .await;
         }
-        for ((stream, boot), idx) in groups {
-            let records = idx.iter().filter_map(|i| entries[*i].decode().ok());
+        for ((stream, boot), parts) in groups {
+            let decoded: Vec<_> = parts
+                .iter()
+                .filter_map(|(i, ix)| Some((entries[*i].pack().ok()?, ix)))
+                .collect();
+            let records = decoded
+                .iter()
+                .flat_map(|(p, ix)| ix.iter().filter_map(|i| p.get(*i)));
             let mut payload = encode_batch(&self.device, &boot, &stream, records);
+            drop(decoded);
             let topic = self.link.topics().telemetry(&stream);
             let token = loop {
                 match self.link.publish_tracked(&topic, payload) {
@@ -284,14 +320,17 @@ impl Uploader {
                     Err(PublishError::Closed) => return false,
                 }
             };
-            self.stats
-                .sent_records
-                .fetch_add(idx.len() as u64, Ordering::Relaxed);
+            let n: u64 = parts.iter().map(|(_, ix)| ix.len() as u64).sum();
+            self.stats.sent_records.fetch_add(n, Ordering::Relaxed);
             self.stats.sent_messages.fetch_add(1, Ordering::Relaxed);
             inflight.insert(
                 token,
                 InFlight {
-                    keys: idx.iter().map(|i| entries[*i].key.clone()).collect(),
+                    spans: parts
+                        .into_iter()
+                        .map(|(i, ix)| entries[i].span(ix))
+                        .collect(),
+                    records: n,
                 },
             );
         }

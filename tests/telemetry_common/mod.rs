@@ -110,6 +110,8 @@ pub struct Received {
     /// (device, stream) -> seqs in arrival order (with duplicates).
     pub seqs: BTreeMap<(String, String), Vec<u64>>,
     pub records: BTreeMap<(String, String), BTreeMap<u64, serde_json::Value>>,
+    /// (device, stream, seq) -> boot id the record arrived with.
+    pub boots: BTreeMap<(String, String, u64), String>,
     pub messages: u64,
     pub undecodable: u64,
     pub other: Vec<(String, Vec<u8>)>,
@@ -215,6 +217,10 @@ impl Collector {
                                         let k = (b.device.clone(), b.stream.clone());
                                         for r in b.records {
                                             g.seqs.entry(k.clone()).or_default().push(r.seq);
+                                            g.boots.insert(
+                                                (k.0.clone(), k.1.clone(), r.seq),
+                                                b.boot.clone(),
+                                            );
                                             g.records
                                                 .entry(k.clone())
                                                 .or_default()
