@@ -194,7 +194,8 @@ pub fn run_agent(cfg: Config, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-/// Runs the parsed command (`main` runs `run` itself, see [`apply_process_env`]).
+/// Runs the parsed command. Call it before any thread is started: `run` writes the process
+/// environment first (see [`apply_process_env`]).
 pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config, log_format } => {
@@ -202,6 +203,8 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Still the only thread: set the ROS 2 environment
+            // (`Ros2Env::apply_to_own_process`) before logging and tokio start threads.
             if let Err(code) = apply_process_env(&cfg) {
                 return code;
             }

@@ -5,23 +5,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fleetlet::cli::{self, Cli, Command};
+use fleetlet::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Run { config, log_format } => {
-            let cfg = match cli::load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            // Still the only thread: write the process environment (the ROS 2 graph,
-            // `Ros2Env::apply_to_own_process`) before the logger, the tokio runtime and DDS
-            // start threads that may read it concurrently.
-            if let Err(code) = cli::apply_process_env(&cfg) {
-                return code;
-            }
-            cli::run_agent(cfg, log_format)
-        }
-        command => cli::dispatch(Cli { command }),
-    }
+    // `dispatch` runs on this thread before anything else starts one: `fleetlet run`
+    // writes the process environment (the ROS 2 graph) before the logger, the tokio
+    // runtime and DDS start threads that may read it concurrently.
+    cli::dispatch(Cli::parse())
 }
