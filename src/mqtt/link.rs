@@ -478,11 +478,21 @@ impl Task {
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         let mut pkids: HashMap<u16, u64> = HashMap::new();
         let mut report = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = report.tick() => { self.report(); continue; }
-                ev = eventloop.poll() => ev,
+        'run: loop {
+            // One `poll` future lives across report ticks: rumqttc's poll is not cancel-safe
+            // while it connects, and dropping it there abandons a connection whose CONNECT
+            // the broker already accepted, so the broker publishes our Last Will ("offline")
+            // when the next attempt takes the session over.
+            let event = {
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break 'run,
+                        _ = report.tick() => self.report(),
+                        ev = &mut poll => break ev,
+                    }
+                }
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
