@@ -167,23 +167,30 @@ pub fn apply_process_env(cfg: &Config) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// Builds a tokio runtime with all drivers enabled.
+///
+/// # Errors
+/// `EX_FAILURE` after printing why the runtime could not start.
+fn build_runtime(b: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    b.enable_all().build().map_err(|e| {
+        eprintln!("fleetlet: cannot start the async runtime: {e}");
+        ExitCode::from(EX_FAILURE)
+    })
+}
+
 /// `fleetlet run` with a loaded config: logging, the async runtime, [`crate::runtime::run`].
 pub fn run_agent(cfg: Config, log_format: Option<LogFormat>) -> ExitCode {
     crate::logging::init(
         log_format.unwrap_or(cfg.agent.log_format),
         &cfg.agent.log_level,
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("fleetlet")
-        .enable_all()
-        .build()
-    {
+    let rt = match build_runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fleetlet"),
+    ) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleetlet: cannot start the async runtime: {e}");
-            return ExitCode::from(EX_FAILURE);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(crate::runtime::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,15 +243,9 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             json,
         } => report(status(addr, config, env, json)),
         Command::Tail(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match build_runtime(&mut tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fleetlet: cannot start the async runtime: {e}");
-                    return ExitCode::from(EX_FAILURE);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(crate::mqtt::tail::run(args)) {
                 Ok(code) => code,
