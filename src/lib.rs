@@ -1,5 +1,7 @@
 //! fleetlet: the edge runtime for robot compute boards.
-#![forbid(unsafe_code)]
+// `unsafe` only in supervisor::spawn (two audited calls: posix_spawn's chdir action, which
+// nix does not wrap, and registering a pidfd with tokio); the binary forbids it.
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;

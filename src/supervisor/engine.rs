@@ -730,8 +730,8 @@ impl Actor {
                 };
             }
         };
-        let pid = child.id().unwrap_or(0);
-        let pgid = i32::try_from(pid).unwrap_or(0);
+        let pgid = child.pid();
+        let pid = pgid.unsigned_abs();
         let tracker = &self.shared.tracker;
         let max_line = self.shared.logs.max_line_bytes();
         if let Some(out) = child.stdout.take() {
@@ -957,7 +957,7 @@ impl Actor {
     async fn stop(
         &self,
         pgid: i32,
-        child: &mut tokio::process::Child,
+        child: &mut super::spawn::Child,
         exit: &mut Option<ExitStatus>,
         paused: bool,
         why: &str,
@@ -991,7 +991,7 @@ impl Actor {
 
     /// Runs the pre-stop hook (if any applies to this process) for at most its timeout, or
     /// until the process exits by itself.
-    async fn run_pre_stop(&self, child: &mut tokio::process::Child, exit: &mut Option<ExitStatus>) {
+    async fn run_pre_stop(&self, child: &mut super::spawn::Child, exit: &mut Option<ExitStatus>) {
         let Some(hook) = &self.shared.pre_stop else {
             return;
         };

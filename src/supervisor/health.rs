@@ -54,9 +54,7 @@ pub(crate) async fn attempt(check: &Check, ctx: &CheckCtx) -> CheckOutcome {
                 Ok(Ok(s)) => CheckOutcome::Fail(format!("{:?} exited with {s}", e.command)),
                 Ok(Err(err)) => CheckOutcome::Fail(format!("waiting for {:?}: {err}", e.command)),
                 Err(_) => {
-                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                        let _ = process::signal_session(pid, nix::sys::signal::Signal::SIGKILL);
-                    }
+                    let _ = process::signal_session(child.pid(), nix::sys::signal::Signal::SIGKILL);
                     let _ = child.wait().await;
                     CheckOutcome::Fail(format!(
                         "{:?} did not finish within {}",

@@ -34,6 +34,7 @@ mod logs;
 mod orphans;
 mod process;
 mod restart;
+mod spawn;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,10 +1,9 @@
 //! Spawning a process as the leader of its own session, and reaching everything it started:
 //! signals, "is anything left", and the stop ladder.
 //!
-//! Each supervised process calls `setsid()` between fork and exec (through `process-wrap`'s
-//! `ProcessSession`, which owns the `pre_exec`: `unsafe` is forbidden in this crate), so
-//! pid = pgid = sid of the workload's process from its first instruction on, with no window
-//! in which it shares the agent's group. It has no controlling terminal, so a Ctrl-C or a
+//! Each supervised process is started by `posix_spawn` with `POSIX_SPAWN_SETSID` (see
+//! [`super::spawn`]), so pid = pgid = sid of the workload's process from its first
+//! instruction on, with no window in which it shares the agent's group. It has no controlling terminal, so a Ctrl-C or a
 //! hang-up of the agent's terminal never reaches it (stdin is /dev/null too).
 //!
 //! "Everything it started", the *tree* of session `sid`, is found by one scan of
@@ -16,7 +15,7 @@
 //! that left the session *and* whose parent chain back to the session already died
 //! (the daemon double fork); only a cgroup holds those.
 //!
-//! Limits are applied without `pre_exec` of our own: through a cgroup v2 directory the child
+//! Limits are applied without code of ours between fork and exec: through a cgroup v2 directory the child
 //! joins itself before exec (`sh -c 'echo $$ > .../cgroup.procs; exec "$@"'`, race-free:
 //! nothing of the workload runs before it is in the cgroup), or else through
 //! `prlimit --data=N:N -- cmd ...` (util-linux, which sets RLIMIT_DATA and execs). Both keep
@@ -25,7 +24,7 @@
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -34,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use process_wrap::tokio::{ProcessSession, TokioCommandWrap};
-use tokio::process::{Child, Command};
+
+use super::spawn::{self, Child};
 
 use crate::workload::StopStep;
 
@@ -62,8 +61,10 @@ pub(crate) struct Launch<'a> {
     pub capture: bool,
 }
 
-/// Builds and spawns the command as the leader of a new session (and of a new process
-/// group): pid = pgid = sid.
+/// Builds the command line (with the limit wrappers) and spawns it as the leader of a new
+/// session (and of a new process group): pid = pgid = sid. Check commands
+/// (`capture == false`) are killed if their handle is dropped; supervised processes outlive
+/// it on purpose (the stop ladder owns their end).
 ///
 /// # Errors
 /// The spawn error (program not found, bad working directory, ...).
@@ -88,25 +89,13 @@ pub(crate) fn spawn(l: &Launch<'_>) -> std::io::Result<Child> {
     }
     argv.push(l.command.into());
     argv.extend(l.args.iter().map(OsString::from));
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(l.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(l.cwd)
-        .stdin(Stdio::null())
-        // Supervised processes outlive a dropped handle on purpose (the stop ladder owns
-        // their end); check commands die with their attempt.
-        .kill_on_drop(!l.capture);
-    if l.capture {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
-    // `setsid()` in the child before exec; `process_group(0)` must not be set too (a group
-    // leader cannot create a session). The wrapper's child type only adds group signalling,
-    // which the functions below do over the whole tree: keep tokio's own child.
-    let mut cmd = TokioCommandWrap::from(cmd);
-    cmd.wrap(ProcessSession);
-    Ok(cmd.spawn()?.into_inner())
+    spawn::spawn(&spawn::Spec {
+        argv: &argv,
+        env: l.env,
+        cwd: l.cwd,
+        capture: l.capture,
+        kill_on_drop: !l.capture,
+    })
 }
 
 /// One line of `/proc/<pid>/stat`, the fields we use.
