@@ -157,23 +157,34 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         .map_err(io::Error::from)?;
     let pid = rustix::process::Pid::from_raw(pid.as_raw())
         .ok_or_else(|| io::Error::other("posix_spawn returned pid 0"))?;
-    // The write ends belong to the child now; ours must close or the readers never see EOF.
-    let stdout = out
-        .map(|(r, _w)| pipe::Receiver::from_owned_fd(r))
-        .transpose()?;
-    let stderr = err
-        .map(|(r, _w)| pipe::Receiver::from_owned_fd(r))
-        .transpose()?;
-    let mut child = Child {
+    // The write ends belong to the child now; ours close here or the readers never see EOF.
+    let out = out.map(|(r, _w)| r);
+    let err = err.map(|(r, _w)| r);
+    adopt(pid, out, err, spec.kill_on_drop).inspect_err(|_| {
+        // Unwatched, it would run unsupervised and end as a zombie: end it now.
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+    })
+}
+
+/// The [`Child`] for a started `pid`: its pipes and its exit watch in tokio's reactor.
+fn adopt(
+    pid: rustix::process::Pid,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    kill_on_drop: bool,
+) -> io::Result<Child> {
+    let stdout = out.map(pipe::Receiver::from_owned_fd).transpose()?;
+    let stderr = err.map(pipe::Receiver::from_owned_fd).transpose()?;
+    let watch = watch(pid)?;
+    Ok(Child {
         pid,
         stdout,
         stderr,
-        watch: None,
+        watch: Some(watch),
         exit: None,
-        kill_on_drop: spec.kill_on_drop,
-    };
-    child.watch = Some(watch(pid)?);
-    Ok(child)
+        kill_on_drop,
+    })
 }
 
 /// `fd` in tokio's reactor, for readability.
