@@ -25,10 +25,10 @@ pub const DEFAULT_WRITE_BATCH_MAX: usize = 4096;
 /// [`DEFAULT_BATCH_BYTES`] closes a message first (about 210 records).
 pub const DEFAULT_BATCH_RECORDS: usize = 500;
 /// Default maximum payload of one MQTT message. With [`DEFAULT_INFLIGHT`] it bounds the
-/// payload held in memory until PUBACK to 512 KiB, which is what the agent's RSS budget
-/// (15 MB while draining a backlog) can afford: at 256 KiB x 16 the drain peaked at
-/// 24.6-26.3 MB, at 64 KiB x 8 at 17.8-18.5 MB, both far above the 100 000 rec/s drain
-/// target on a local broker (benches/telemetry.sh).
+/// payload held in memory until PUBACK to 512 KiB, for the agent's RSS target while
+/// draining a backlog (15 MB): the bench's drain peaked at 24.6-26.3 MB with 256 KiB x 16
+/// and at 17.8-18.5 MB with 64 KiB x 8, both draining far above 100 000 rec/s on a local
+/// broker (benches/telemetry.sh, docs/telemetry.md).
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 /// Default wait for a fuller batch: a little latency buys far fewer messages.
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(200);
