@@ -7,7 +7,7 @@
 //!
 //! Behind it ([`start`]):
 //! - a writer task drains the intake into the durable [`queue::Queue`] in batches and makes
-//!   them durable per the flush policy (sled calls on the blocking pool);
+//!   them durable per the flush policy (sled calls on the [`queue_io`] thread);
 //! - the [`uploader`] publishes batches in priority order over the MQTT link and deletes
 //!   records only after PUBACK;
 //! - [`source`] samples agent metrics periodically, and drop reports are written as critical
@@ -21,6 +21,7 @@
 //! `[telemetry.streams."ros/battery"]`.
 
 pub mod queue;
+pub mod queue_io;
 pub mod record;
 pub mod source;
 pub mod uploader;

@@ -49,8 +49,8 @@
 //!   records removed, packs written), so a crash mid-migration resumes where it stopped.
 //!   Order, seq and boot ids are kept. A layout newer than this code is refused with
 //!   [`Error::Layout`].
-//! - sled calls here are synchronous; callers run them off the async workers
-//!   (`spawn_blocking`), flushes in particular.
+//! - sled calls here are synchronous; callers run them off the async workers, on the one
+//!   [`super::queue_io`] thread (flushes in particular).
 
 mod migrate;
 mod pack;

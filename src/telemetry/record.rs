@@ -54,9 +54,9 @@ pub fn encode_batch<'a>(
     device: &str,
     boot: &str,
     stream: &str,
-    records: impl Iterator<Item = Stored<'a>>,
+    records: impl Iterator<Item = Stored<'a>> + Clone,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(batch_len(device, boot, stream, records.clone()));
     out.extend_from_slice(b"{\"device\":");
     push_json_str(&mut out, device);
     out.extend_from_slice(b",\"boot\":");
@@ -71,9 +71,9 @@ pub fn encode_batch<'a>(
         }
         first = false;
         out.extend_from_slice(b"{\"seq\":");
-        out.extend_from_slice(r.seq.to_string().as_bytes());
+        push_u64(&mut out, r.seq);
         out.extend_from_slice(b",\"ts\":");
-        out.extend_from_slice(r.ts_ms.to_string().as_bytes());
+        push_u64(&mut out, r.ts_ms);
         out.extend_from_slice(b",\"payload\":");
         if r.payload.is_empty() {
             out.extend_from_slice(b"null");
@@ -84,6 +84,68 @@ pub fn encode_batch<'a>(
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// The exact length of the batch [`encode_batch`] builds, so its buffer is allocated once
+/// at its final size: a message in flight holds no spare capacity.
+fn batch_len<'a>(
+    device: &str,
+    boot: &str,
+    stream: &str,
+    records: impl Iterator<Item = Stored<'a>>,
+) -> usize {
+    let (mut n, mut len) = (0usize, 0usize);
+    for r in records {
+        n += 1;
+        len += RECORD_OVERHEAD
+            + decimal_len(r.seq)
+            + decimal_len(r.ts_ms)
+            + if r.payload.is_empty() {
+                4
+            } else {
+                r.payload.len()
+            };
+    }
+    BATCH_OVERHEAD
+        + json_str_len(device)
+        + json_str_len(boot)
+        + json_str_len(stream)
+        + len
+        + n.saturating_sub(1)
+}
+
+/// `{"device":` `,"boot":` `,"stream":` `,"records":[` `]}`
+const BATCH_OVERHEAD: usize = 10 + 8 + 10 + 12 + 2;
+/// `{"seq":` `,"ts":` `,"payload":` `}`
+const RECORD_OVERHEAD: usize = 7 + 6 + 11 + 1;
+
+fn json_str_len(s: &str) -> usize {
+    let mut counter = ByteCount(0);
+    let _ = serde_json::to_writer(&mut counter, s);
+    counter.0
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn decimal_len(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{v}");
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -151,6 +213,23 @@ mod tests {
             for r in &batch.records {
                 prop_assert_eq!(&r.payload["t"], &serde_json::Value::String(text.clone()));
             }
+        }
+
+        #[test]
+        fn a_wire_batch_is_built_in_a_buffer_of_exactly_its_size(device in "[a-zA-Z0-9_.-]{1,12}", boot in "[a-f0-9\"]{0,8}", stream in "[a-z\"\\/\u{1}]{1,10}", recs in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<bool>()), 0..20)) {
+            let payloads: Vec<Vec<u8>> = recs.iter().map(|(s, _, empty)| if *empty { Vec::new() } else { s.to_string().into_bytes() }).collect();
+            let stored: Vec<_> = recs.iter().zip(&payloads).map(|((seq, ts, _), p)| Stored { stream: &stream, seq: *seq, ts_ms: *ts, boot: &boot, payload: p }).collect();
+            let bytes = encode_batch(&device, &boot, &stream, stored.iter().cloned());
+            prop_assert_eq!(bytes.len(), batch_len(&device, &boot, &stream, stored.iter().cloned()));
+            prop_assert_eq!(bytes.capacity(), bytes.len());
+            prop_assert_eq!(Batch::decode(&bytes).unwrap().records.len(), recs.len());
+        }
+    }
+
+    #[test]
+    fn decimal_lengths_match_the_printed_numbers() {
+        for v in [0, 9, 10, 99, 100, 1_764_635_000_123, u64::MAX] {
+            assert_eq!(decimal_len(v), v.to_string().len(), "{v}");
         }
     }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{prio_byte, Cursor, Entry, Queue, Span};
+use super::queue_io::QueueIo;
 use super::record::encode_batch;
 use super::writer::Config;
 use super::{now_ms, Priority};
@@ -68,6 +69,7 @@ struct InFlight {
 
 /// The uploader task state.
 pub struct Uploader {
+    io: QueueIo,
     queue: Queue,
     link: crate::mqtt::Handle,
     cfg: Config,
@@ -78,6 +80,7 @@ pub struct Uploader {
 impl Uploader {
     /// A new uploader (run it with [`Uploader::run`]).
     pub fn new(
+        io: QueueIo,
         queue: Queue,
         link: crate::mqtt::Handle,
         cfg: Config,
@@ -85,6 +88,7 @@ impl Uploader {
         stats: Arc<Stats>,
     ) -> Self {
         Self {
+            io,
             queue,
             link,
             cfg,
@@ -140,14 +144,17 @@ impl Uploader {
             let q = self.queue.clone();
             let (n, bytes) = (self.cfg.batch_records, self.cfg.batch_bytes);
             let c = cursors;
-            let chunk = match tokio::task::spawn_blocking(move || q.read(&c, n, bytes)).await {
+            let chunk = match self.io.run(move || q.read(&c, n, bytes)).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "telemetry queue read failed");
                     tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
                     continue;
                 }
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "telemetry uploader stops");
+                    return;
+                }
             };
             let Some((prio, entries)) = chunk else {
                 tokio::select! {
@@ -213,11 +220,13 @@ impl Uploader {
             return;
         }
         let q = self.queue.clone();
-        match tokio::task::spawn_blocking(move || {
-            q.remove(&spans)?;
-            q.flush()
-        })
-        .await
+        match self
+            .io
+            .run(move || {
+                q.remove(&spans)?;
+                q.flush()
+            })
+            .await
         {
             Ok(Ok(())) => {
                 self.stats.acked_records.fetch_add(n, Ordering::Relaxed);
@@ -228,7 +237,7 @@ impl Uploader {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot remove acknowledged records; they will be sent again")
             }
-            Err(e) => tracing::error!(error = %e, "remove task failed"),
+            Err(e) => tracing::error!(error = %e, "cannot remove acknowledged records"),
         }
     }
 
@@ -290,11 +299,13 @@ impl Uploader {
         }
         if !expired.is_empty() || !corrupt.is_empty() {
             let q = self.queue.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                q.expire(&expired)?;
-                q.discard_corrupt(&corrupt)
-            })
-            .await;
+            let _ = self
+                .io
+                .run(move || {
+                    q.expire(&expired)?;
+                    q.discard_corrupt(&corrupt)
+                })
+                .await;
         }
         for ((stream, boot), parts) in groups {
             let decoded: Vec<_> = parts

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{self, Queue};
+use super::queue_io::{QueueIo, Stopped as QueueStopped};
 use super::uploader::{self, Uploader};
 use super::{now_ms, Priority, Record, Sink};
 use crate::config::Problem;
@@ -20,15 +21,21 @@ use crate::status::{Metric, Reporter, SubsystemState};
 pub const DEFAULT_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
 /// Default records per durable append: big enough to amortise the fsync.
 pub const DEFAULT_WRITE_BATCH_MAX: usize = 4096;
-/// Default records per MQTT message: a ~128 KiB message at 256-byte records.
+/// Default records per MQTT message: the cap for small records; at 256-byte records
+/// [`DEFAULT_BATCH_BYTES`] closes a message first (about 210 records).
 pub const DEFAULT_BATCH_RECORDS: usize = 500;
-/// Default maximum payload of one MQTT message.
-pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
+/// Default maximum payload of one MQTT message. With [`DEFAULT_INFLIGHT`] it bounds the
+/// payload held in memory until PUBACK to 512 KiB, for the agent's RSS target while
+/// draining a backlog (15 MB): the bench's drain peaked at 24.6-26.3 MB with 256 KiB x 16
+/// and at 17.8-18.5 MB with 64 KiB x 8, both draining far above 100 000 rec/s on a local
+/// broker (benches/telemetry.sh, docs/telemetry.md).
+pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 /// Default wait for a fuller batch: a little latency buys far fewer messages.
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(200);
-/// Default number of unacknowledged MQTT messages: keeps the pipe full on a 100 ms RTT
-/// link; also bounds duplicates after a crash to `inflight * batch_records` records.
-pub const DEFAULT_INFLIGHT: u16 = 16;
+/// Default number of unacknowledged MQTT messages: 8 x 64 KiB in flight is about 5 MB/s on
+/// a 100 ms RTT link, more than a cellular uplink carries; also bounds duplicates after a
+/// crash to `inflight * batch_records` records.
+pub const DEFAULT_INFLIGHT: u16 = 8;
 /// Default agent metrics period.
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// Default period of drop reports (only sent when something was dropped).
@@ -223,9 +230,12 @@ pub enum Error {
     /// The queue could not be opened.
     #[error(transparent)]
     Queue(#[from] queue::Error),
-    /// A blocking task failed.
-    #[error("telemetry startup task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    /// The queue thread could not be started.
+    #[error("telemetry: cannot start the queue thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The queue thread stopped while opening the queue.
+    #[error(transparent)]
+    Stopped(#[from] QueueStopped),
 }
 
 /// What [`start`] consumes besides the config.
@@ -259,13 +269,15 @@ pub async fn start(
 ) -> Result<Handle, Error> {
     let reporter = svc.status.register("telemetry");
     let (db, boot, budget) = (svc.db.clone(), svc.boot_id.clone(), cfg.budget_bytes);
-    let queue = tokio::task::spawn_blocking(move || Queue::open(&db, &boot, budget)).await??;
+    let io = QueueIo::spawn().map_err(Error::Thread)?;
+    let queue = io.run(move || Queue::open(&db, &boot, budget)).await??;
     let upload = Arc::new(uploader::Stats::default());
     if let Some(q) = &inputs.quarantine {
         // The runtime also emits `db_quarantined`; the status keeps it visible.
         tracing::error!(moved_to = %q.moved_to.display(), "telemetry queue starts empty: the old database was quarantined");
     }
     svc.tracker.spawn(write_loop(
+        io.clone(),
         queue.clone(),
         cfg.clone(),
         inputs.intake,
@@ -274,6 +286,7 @@ pub async fn start(
     ));
     if let Some(link) = inputs.link.clone() {
         let up = Uploader::new(
+            io.clone(),
             queue.clone(),
             link,
             cfg.clone(),
@@ -291,6 +304,7 @@ pub async fn start(
         ));
     }
     svc.tracker.spawn(report_loop(
+        io,
         queue.clone(),
         upload.clone(),
         inputs.link,
@@ -301,9 +315,14 @@ pub async fn start(
     Ok(Handle { queue, upload })
 }
 
-async fn append(queue: &Queue, batch: Vec<Record>, flush: bool) -> Result<u64, String> {
+async fn append(
+    io: &QueueIo,
+    queue: &Queue,
+    batch: Vec<Record>,
+    flush: bool,
+) -> Result<u64, String> {
     let q = queue.clone();
-    tokio::task::spawn_blocking(move || {
+    io.run(move || {
         let evicted = q.append(&batch)?;
         if flush {
             q.flush()?;
@@ -316,6 +335,7 @@ async fn append(queue: &Queue, batch: Vec<Record>, flush: bool) -> Result<u64, S
 }
 
 async fn write_loop(
+    io: QueueIo,
     queue: Queue,
     cfg: Config,
     mut rx: mpsc::Receiver<Record>,
@@ -337,17 +357,17 @@ async fn write_loop(
             n = rx.recv_many(&mut buf, cfg.write_batch_max) => n == 0,
             _ = flush_tick.tick(), if !every_batch && dirty => {
                 let q = queue.clone();
-                match tokio::task::spawn_blocking(move || q.flush()).await {
+                match io.run(move || q.flush()).await {
                     Ok(Ok(())) => dirty = false,
                     Ok(Err(e)) => tracing::error!(error = %e, "telemetry flush failed"),
-                    Err(e) => tracing::error!(error = %e, "telemetry flush task failed"),
+                    Err(e) => tracing::error!(error = %e, "telemetry flush failed"),
                 }
                 continue;
             }
             _ = report_tick.tick() => {
                 let batch = drop_report(&queue, &sink, &mut reported, &mut reported_intake);
                 if let Some(r) = batch {
-                    if let Err(e) = append(&queue, vec![r], every_batch).await {
+                    if let Err(e) = append(&io, &queue, vec![r], every_batch).await {
                         tracing::error!(error = %e, "cannot store drop report");
                     }
                     dirty |= !every_batch;
@@ -368,17 +388,17 @@ async fn write_loop(
             }
             let batch = std::mem::replace(&mut buf, Vec::with_capacity(cfg.write_batch_max));
             let n = batch.len();
-            if let Err(e) = append(&queue, batch, every_batch || stopping).await {
+            if let Err(e) = append(&io, &queue, batch, every_batch || stopping).await {
                 tracing::error!(error = %e, records = n, "telemetry append failed; records lost");
             }
             dirty |= !every_batch;
         }
         if stopping {
             if let Some(r) = drop_report(&queue, &sink, &mut reported, &mut reported_intake) {
-                let _ = append(&queue, vec![r], true).await;
+                let _ = append(&io, &queue, vec![r], true).await;
             }
             let q = queue.clone();
-            let _ = tokio::task::spawn_blocking(move || q.flush()).await;
+            let _ = io.run(move || q.flush()).await;
             return;
         }
     }
@@ -425,6 +445,7 @@ fn drop_report(
 pub const DROPS_STREAM: &str = "drops";
 
 async fn report_loop(
+    io: QueueIo,
     queue: Queue,
     upload: Arc<uploader::Stats>,
     link: Option<crate::mqtt::Handle>,
@@ -441,10 +462,9 @@ async fn report_loop(
             _ = tick.tick() => {}
         }
         let q = queue.clone();
-        let Ok((stats, oldest, on_disk)) = tokio::task::spawn_blocking(move || {
-            (q.stats(), q.oldest_ts_ms().ok().flatten(), q.size_on_disk())
-        })
-        .await
+        let Ok((stats, oldest, on_disk)) = io
+            .run(move || (q.stats(), q.oldest_ts_ms().ok().flatten(), q.size_on_disk()))
+            .await
         else {
             continue;
         };
