@@ -149,6 +149,7 @@ pub async fn start(
                     pass
                 }),
                 counters.overflow.clone(),
+                tap_pace(f.max_rate_hz),
             )
             .await?;
         let b = Bridged {
@@ -174,6 +175,16 @@ pub fn tap_depth(max_rate_hz: Option<f64>, min_spin_interval: Duration) -> usize
     match max_rate_hz {
         Some(r) if r > 0.0 && r * min_spin_interval.as_secs_f64() <= 0.5 => 1,
         _ => LOSSLESS_DEPTH,
+    }
+}
+
+/// The longest spin interval a bridge tap tolerates: half the throttle period (the throttle
+/// then keeps its average rate, see [`Throttle::admit`]); an unthrottled tap needs every
+/// message and spins as often as `min_spin_interval` allows (zero).
+pub fn tap_pace(max_rate_hz: Option<f64>) -> Duration {
+    match max_rate_hz {
+        Some(r) if r > 0.0 => Duration::from_secs_f64(0.5 / r),
+        _ => Duration::ZERO,
     }
 }
 
@@ -258,6 +269,14 @@ mod tests {
         assert_eq!(tap_depth(Some(51.0), pace), LOSSLESS_DEPTH);
         assert_eq!(tap_depth(None, pace), LOSSLESS_DEPTH);
         assert_eq!(tap_depth(Some(10.0), Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_throttled_tap_tolerates_half_its_period_and_an_unthrottled_one_none() {
+        assert_eq!(tap_pace(Some(10.0)), Duration::from_millis(50));
+        assert_eq!(tap_pace(Some(100.0)), Duration::from_millis(5));
+        assert_eq!(tap_pace(None), Duration::ZERO);
+        assert_eq!(tap_pace(Some(0.0)), Duration::ZERO);
     }
 
     #[test]

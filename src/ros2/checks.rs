@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::diagnostics::{Diagnostics, Level};
 use super::lifecycle::Lifecycle;
-use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
+use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH, MAX_SPIN_INTERVAL};
 
 /// Most arrival times kept per topic (e.g. 10 s of a 2 kHz topic); older ones are dropped
 /// first, so a huge window over a fast topic under-reads rather than growing memory.
@@ -173,6 +173,9 @@ impl TopicRates {
                     false
                 }),
                 Arc::default(),
+                // LOSSLESS_DEPTH per longest interval counts up to 2 kHz, so a `min_hz` check
+                // up to that rate is judged right.
+                MAX_SPIN_INTERVAL,
             )
             .await;
         let rx = match tapped {

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::{Ros2, LOSSLESS_DEPTH};
+use super::spin::{Ros2, LOSSLESS_DEPTH, MAX_SPIN_INTERVAL};
 use super::Error;
 use crate::telemetry::{Priority, Sink};
 
@@ -98,6 +98,9 @@ impl Diagnostics {
                 LOSSLESS_DEPTH,
                 Box::new(|_| true),
                 Arc::default(),
+                // Nodes publish diagnostics at about 1 Hz: LOSSLESS_DEPTH per longest interval
+                // is plenty.
+                MAX_SPIN_INTERVAL,
             )
             .await?;
         let me = Self::default();
