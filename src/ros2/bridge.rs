@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
+use super::spin::{watch_qos, Ros2, TapOptions, LOSSLESS_DEPTH};
 use super::Error;
 use crate::telemetry::Sink;
 pub use crate::workload::Forward;
@@ -138,8 +138,11 @@ pub async fn start(
             .tap_raw(
                 &f.topic,
                 &f.msg_type,
-                watch_qos(depth),
-                BRIDGE_QUEUE_DEPTH,
+                TapOptions {
+                    qos: watch_qos(depth),
+                    depth: BRIDGE_QUEUE_DEPTH,
+                    pace: tap_pace(f.max_rate_hz),
+                },
                 Box::new(move |_bytes: &[u8]| {
                     c.received.fetch_add(1, Ordering::Relaxed);
                     let pass = throttle.admit(Instant::now());
@@ -149,7 +152,6 @@ pub async fn start(
                     pass
                 }),
                 counters.overflow.clone(),
-                tap_pace(f.max_rate_hz),
             )
             .await?;
         let b = Bridged {

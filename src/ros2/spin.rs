@@ -69,6 +69,18 @@ pub const JOB_QUEUE_DEPTH: usize = 64;
 
 type Job = Box<dyn FnOnce(&mut r2r::Node, &mut Vec<Tap>) + Send>;
 
+/// How a tap ([`Ros2::tap_raw`]) subscribes and is paced.
+#[derive(Clone)]
+pub struct TapOptions {
+    /// QoS of the raw subscription (its depth is the DDS reader history kept between spins).
+    pub qos: r2r::QosProfile,
+    /// Capacity of the channel from the spin thread to async code.
+    pub depth: usize,
+    /// Longest spin interval the tap tolerates (see the module doc); zero: as often as
+    /// `min_spin_interval` allows.
+    pub pace: Duration,
+}
+
 /// Decides on the spin thread whether a raw message crosses to async code.
 pub type TapFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
@@ -251,12 +263,11 @@ impl Ros2 {
         rx.await.map_err(|_| Error::NotRunning)
     }
 
-    /// Subscribes to `topic` (type `msg_type`) without deserializing and drains it on the
-    /// spin thread: `filter` sees every message there, and only those it passes are sent to
-    /// the returned receiver (capacity `depth`; when it is full the message is dropped and
-    /// counted in `overflow`). `pace` is the longest spin interval the tap tolerates (the
-    /// thread spins at least that often while the tap exists; `Duration::ZERO`: as often as
-    /// `min_spin_interval` allows). Dropping the receiver ends the subscription.
+    /// Subscribes to `topic` (type `msg_type`, QoS `opts.qos`) without deserializing and
+    /// drains it on the spin thread: `filter` sees every message there, and only those it
+    /// passes are sent to the returned receiver (capacity `opts.depth`; when it is full the
+    /// message is dropped and counted in `overflow`). The thread spins at least every
+    /// `opts.pace` while the tap exists. Dropping the receiver ends the subscription.
     ///
     /// # Errors
     /// [`Error::UnknownType`] for a type without type support in this build, [`Error::Rcl`]
@@ -265,12 +276,11 @@ impl Ros2 {
         &self,
         topic: &str,
         msg_type: &str,
-        qos: r2r::QosProfile,
-        depth: usize,
+        opts: TapOptions,
         filter: TapFilter,
         overflow: Arc<AtomicU64>,
-        pace: Duration,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error> {
+        let TapOptions { qos, depth, pace } = opts;
         let (out, rx) = tokio::sync::mpsc::channel(depth.max(1));
         let (topic, ty) = (topic.to_owned(), msg_type.to_owned());
         let (tx, done) = oneshot::channel();
