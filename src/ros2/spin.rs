@@ -55,7 +55,8 @@ use super::env::Ros2Env;
 use super::Error;
 
 /// Queue depth of a tap that must see every message, with paced spinning: 100 messages per
-/// `min_spin_interval` (10 kHz at the default 10 ms).
+/// spin interval (10 kHz at the default `min_spin_interval` of 10 ms, 2 kHz at
+/// [`MAX_SPIN_INTERVAL`]).
 pub const LOSSLESS_DEPTH: usize = 100;
 /// Longest spin interval: bounds the latency a paced spin adds to service responses
 /// (lifecycle calls), and with [`LOSSLESS_DEPTH`] still takes 2 kHz per lossless tap.
