@@ -3,8 +3,10 @@
 # telemetry queue, throttled to 10 Hz and unthrottled, plus the idle node. The measured
 # process is the agent's ROS 2 subsystem with telemetry (examples/ros2_bench.rs, release).
 # Targets: throttled < 3% of one core; RSS ≤ 20 MB with ROS 2 loaded. Also printed: CPU per
-# thread kind (dds.* = Fast DDS, ros2-spin, tokio workers, sled) and PSS (shared library
-# pages split among the processes that map them).
+# thread kind (dds.* = Fast DDS, ros2-spin, tokio workers, sled), PSS (shared library
+# pages split among the processes that map them) and RSS per group of mappings (Fast DDS
+# with its OpenSSL, message type support libraries, libc/libstdc++, other ROS libraries,
+# the binary, anonymous memory, DDS shared-memory segments).
 #   bash benches/ros2.sh [seconds per case, default 15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +48,6 @@ for case in throttled unthrottled idle; do
   printf '%-12s cpu %6.2f%%  target %-18s %-4s | rss %6.1f MB (peak %6.1f; private %5.1f, shared libs %5.1f; PSS %5.1f)  target <= 20 MB %-4s | received %7.1f Hz  forwarded %7.1f Hz\n' \
     "$case" "$cpu" "$target_cpu" "$ok_cpu" "$rss" "$peak" "$anon" "$file" "$pss" "$ok_rss" "$rx" "$fw"
   printf '%-12s cpu by thread: %s\n' "" "$threads"
+  groups=$(python3 -c "import json,sys; d=json.loads(sys.argv[1])['rss_by_group_mb']; print(' '.join(f'{k} {v}' for k,v in sorted(d.items(), key=lambda x:-x[1])))" "$out")
+  printf '%-12s rss by mapping (MB): %s\n' "" "$groups"
 done

@@ -3,7 +3,8 @@
 //! Runs the agent's ROS 2 subsystem (r2r node on its spin thread, bridge, diagnostics,
 //! status publisher) feeding the real telemetry queue (sled), forwards `--topic` with an
 //! optional `--max-rate`, and after `--warmup` seconds measures its own CPU time and RSS over
-//! `--seconds`. Prints one JSON line, with CPU per thread kind and RSS/PSS.
+//! `--seconds`. Prints one JSON line, with CPU per thread kind, RSS/PSS, and RSS per group of
+//! mappings (Fast DDS, message type support, libc/libstdc++, ...; see [`mapping_group`]).
 //! `--min-spin-interval-ms 0` turns paced spinning off (spin per message).
 
 use std::sync::atomic::Ordering;
@@ -60,6 +61,60 @@ fn proc_kb(file: &str, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The group a mapping of /proc/self/smaps counts in (`path`: its file, empty for anonymous).
+fn mapping_group(path: &str, exe: &str) -> &'static str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    if path == exe {
+        "binary"
+    } else if path.starts_with("/dev/shm/") {
+        "dds_shm_segments"
+    } else if path.contains("fastrtps") || path.contains("fastcdr") || path.contains("fastdds") {
+        // also OpenSSL and tinyxml2, shipped in ros_fastrtps.libs for Fast DDS only
+        "fastdds"
+    } else if file.contains("__rosidl_") {
+        "msg_typesupport"
+    } else if file.starts_with("libpython") {
+        "libpython"
+    } else if [
+        "libc.",
+        "libm.",
+        "libstdc++",
+        "libgcc_s",
+        "ld-linux",
+        "libz.",
+    ]
+    .iter()
+    .any(|p| file.starts_with(p))
+    {
+        "libc_libstdcxx"
+    } else if file.contains(".so") {
+        "ros_other_libs"
+    } else {
+        "anon_heap_stacks"
+    }
+}
+
+/// RSS in MB per [`mapping_group`].
+fn rss_by_group() -> std::collections::BTreeMap<&'static str, f64> {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_string_lossy();
+    let mut out = std::collections::BTreeMap::new();
+    let mut group = "anon_heap_stacks";
+    for line in std::fs::read_to_string("/proc/self/smaps").unwrap().lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            group = mapping_group(f.nth(4).unwrap_or(""), &exe);
+        } else if first == "Rss:" {
+            let kb: f64 = f.next().unwrap().parse().unwrap();
+            *out.entry(group).or_insert(0.0) += kb / 1024.0;
+        }
+    }
+    out.values_mut()
+        .for_each(|v| *v = (*v * 10.0).round() / 10.0);
+    out
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +209,7 @@ async fn main() {
             "pss_mb": proc_kb("smaps_rollup", "Pss:") as f64 / 1024.0,
             "threads": proc_kb("status", "Threads:"),
             "cpu_by_thread": threads,
+            "rss_by_group_mb": rss_by_group(),
             "received_hz": (r1 - r0) as f64 / el,
             "forwarded_hz": (f1 - f0) as f64 / el,
             "spins": ros.ros.spin_count(),

@@ -9,9 +9,12 @@
 # .venv/ros2 (idempotent: a stamp file records the installed package set), with two fixes:
 #   1. the wheels ship no librmw_implementation.so; r2r links against it, so it is a symlink to
 #      librmw_fastrtps_cpp.so in <venv>/lib (RMW_IMPLEMENTATION=rmw_fastrtps_cpp),
-#   2. the wheels' librcl.so needs *__rosidl_generator_py libraries, which reference libpython
-#      symbols, so the libpython directory is on LD_LIBRARY_PATH and build.rs links the ros2
-#      build with -lpython3.11 (ROS2_LIBPYTHON_DIR; wheels only, a system ROS 2 does not need it).
+#   2. the wheels' librcl.so and librcl_action.so list *__rosidl_generator_py libraries as
+#      needed (unused by rcl; they reference libpython symbols without depending on it), so a
+#      process loading them as they are needs libpython. The agent gets copies without those
+#      entries in .venv/ros2-agent-lib (ROS2_AGENT_LIB_DIR; build.rs puts it in the binaries'
+#      DT_RPATH, searched before LD_LIBRARY_PATH), and never maps libpython (2.4 MB of RSS).
+#      rclpy children keep the originals. A system ROS 2 needs none of it.
 # Overrides: FLEETLET_ROS2_VENV (venv path), FLEETLET_ROS2_PYTHON (python3.11 interpreter).
 # (These are read only by this script, never by the agent.)
 
@@ -29,9 +32,8 @@ _ros2_env_main() {
     set +u; . /opt/ros/jazzy/setup.bash; set -u
     export ROS_DISTRO=jazzy
     export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
-    # No ROS2_LIBPYTHON_DIR here: apt-built ROS 2 libraries do not need libpython, and linking
-    # it would cost the agent ~2.3 MB of RSS (1.2 MB private relocations) for nothing.
-    unset ROS2_LIBPYTHON_DIR
+    # No ROS2_AGENT_LIB_DIR here: apt-built ROS 2 libraries do not depend on Python bindings.
+    unset ROS2_AGENT_LIB_DIR
     local py
     py="$(command -v python3)"
     export ROS2_PYTHON="$py"
@@ -83,6 +85,17 @@ _ros2_env_main() {
     ln -sf "$rmw" "$venv/lib/librmw_implementation.so"
   fi
 
+  # Fix 2: rcl without the Python-binding dependencies, for the agent only.
+  local agent_lib="$root/.venv/ros2-agent-lib" l
+  mkdir -p "$agent_lib"
+  for l in librcl.so librcl_action.so; do
+    if [ ! -f "$agent_lib/$l" ] || [ "$venv/lib/$l" -nt "$agent_lib/$l" ]; then
+      "$venv/bin/python" "$root/scripts/elf-drop-needed.py" "$venv/lib/$l" "$agent_lib/$l.tmp" __rosidl_generator_py.so >/dev/null &&
+        mv "$agent_lib/$l.tmp" "$agent_lib/$l" || {
+        echo "ros2-env: cannot write $agent_lib/$l without its Python-binding dependencies" >&2; return 1; }
+    fi
+  done
+
   local libpy
   libpy="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
   local ld="$venv/lib:$libpy"
@@ -99,7 +112,7 @@ _ros2_env_main() {
   export ROS_PYTHON_VERSION=3
   export LD_LIBRARY_PATH="$ld${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export PATH="$venv/bin:$PATH"
-  export ROS2_LIBPYTHON_DIR="$libpy"
+  export ROS2_AGENT_LIB_DIR="$agent_lib"
   export ROS2_PYTHON="$venv/bin/python"
   export ROS2_VENV="$venv"
 }

@@ -9,4 +9,4 @@ source scripts/ros2-env.sh
 echo "ros2: ROS_DISTRO=$ROS_DISTRO RMW_IMPLEMENTATION=$RMW_IMPLEMENTATION AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH"
 cargo clippy --features ros2 --all-targets -- -D warnings
 cargo test --features ros2 --lib ros2::
-cargo test --features ros2 --test ros2 --test ros2_workload --test ros2_mqtt -- --test-threads=1
+cargo test --features ros2 --test ros2 --test ros2_workload --test ros2_mqtt --test ros2_agent -- --test-threads=1

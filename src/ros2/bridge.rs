@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
+use super::spin::{watch_qos, Ros2, TapOptions, LOSSLESS_DEPTH};
 use super::Error;
 use crate::telemetry::Sink;
 pub use crate::workload::Forward;
@@ -138,8 +138,11 @@ pub async fn start(
             .tap_raw(
                 &f.topic,
                 &f.msg_type,
-                watch_qos(depth),
-                BRIDGE_QUEUE_DEPTH,
+                TapOptions {
+                    qos: watch_qos(depth),
+                    depth: BRIDGE_QUEUE_DEPTH,
+                    pace: tap_pace(f.max_rate_hz),
+                },
                 Box::new(move |_bytes: &[u8]| {
                     c.received.fetch_add(1, Ordering::Relaxed);
                     let pass = throttle.admit(Instant::now());
@@ -174,6 +177,16 @@ pub fn tap_depth(max_rate_hz: Option<f64>, min_spin_interval: Duration) -> usize
     match max_rate_hz {
         Some(r) if r > 0.0 && r * min_spin_interval.as_secs_f64() <= 0.5 => 1,
         _ => LOSSLESS_DEPTH,
+    }
+}
+
+/// The longest spin interval a bridge tap tolerates: half the throttle period (the throttle
+/// then keeps its average rate, see [`Throttle::admit`]); an unthrottled tap needs every
+/// message and spins as often as `min_spin_interval` allows (zero).
+pub fn tap_pace(max_rate_hz: Option<f64>) -> Duration {
+    match max_rate_hz {
+        Some(r) if r > 0.0 => Duration::from_secs_f64(0.5 / r),
+        _ => Duration::ZERO,
     }
 }
 
@@ -258,6 +271,14 @@ mod tests {
         assert_eq!(tap_depth(Some(51.0), pace), LOSSLESS_DEPTH);
         assert_eq!(tap_depth(None, pace), LOSSLESS_DEPTH);
         assert_eq!(tap_depth(Some(10.0), Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_throttled_tap_tolerates_half_its_period_and_an_unthrottled_one_none() {
+        assert_eq!(tap_pace(Some(10.0)), Duration::from_millis(50));
+        assert_eq!(tap_pace(Some(100.0)), Duration::from_millis(5));
+        assert_eq!(tap_pace(None), Duration::ZERO);
+        assert_eq!(tap_pace(Some(0.0)), Duration::ZERO);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::diagnostics::{Diagnostics, Level};
 use super::lifecycle::Lifecycle;
-use super::spin::{watch_qos, Ros2, LOSSLESS_DEPTH};
+use super::spin::{watch_qos, Ros2, TapOptions, LOSSLESS_DEPTH, MAX_SPIN_INTERVAL};
 
 /// Most arrival times kept per topic (e.g. 10 s of a 2 kHz topic); older ones are dropped
 /// first, so a huge window over a fast topic under-reads rather than growing memory.
@@ -161,8 +161,13 @@ impl TopicRates {
             .tap_raw(
                 topic,
                 &ty,
-                watch_qos(LOSSLESS_DEPTH),
-                1,
+                TapOptions {
+                    qos: watch_qos(LOSSLESS_DEPTH),
+                    depth: 1,
+                    // LOSSLESS_DEPTH per longest interval counts up to 2 kHz, so a `min_hz`
+                    // check up to that rate is judged right.
+                    pace: MAX_SPIN_INTERVAL,
+                },
                 Box::new(move |_| {
                     if let Ok(mut s) = recorder.lock() {
                         s.times.push_back(Instant::now());

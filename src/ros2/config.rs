@@ -13,8 +13,10 @@ pub const DEFAULT_NODE_NAME: &str = "fleetlet";
 /// keeping an idle agent asleep (≈ 20 wake-ups/s cost nothing measurable).
 pub const DEFAULT_SPIN_TIMEOUT: Duration = Duration::from_millis(50);
 /// Paced spinning: the spin thread spins at most once per interval (plus a burst that takes
-/// what is queued), instead of once per message. 10 ms keeps added latency below what a
-/// person or a 10 Hz control loop notices, and cuts a 1 kHz topic's wake-ups tenfold.
+/// what is queued), instead of once per message. This is the shortest interval; it grows up
+/// to [`super::spin::MAX_SPIN_INTERVAL`] when every tap tolerates more (see
+/// [`super::spin`]). 10 ms lets a throttled bridge entry keep rates up to 50 Hz exact and
+/// cuts a 1 kHz topic's wake-ups tenfold.
 pub const DEFAULT_MIN_SPIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Topic of the agent's own state (std_msgs/String carrying JSON).
 pub const DEFAULT_STATUS_TOPIC: &str = "/fleetlet/status";
@@ -47,7 +49,7 @@ pub struct Config {
     /// Spin timeout.
     #[serde(with = "humantime_serde")]
     pub spin_timeout: Duration,
-    /// Paced spinning interval ("0s": spin for every message).
+    /// Shortest paced spinning interval ("0s": spin for every message).
     #[serde(with = "humantime_serde")]
     pub min_spin_interval: Duration,
     /// Topic the agent publishes its state on (empty disables).

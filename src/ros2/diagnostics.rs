@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spin::{Ros2, LOSSLESS_DEPTH};
+use super::spin::{Ros2, TapOptions, LOSSLESS_DEPTH, MAX_SPIN_INTERVAL};
 use super::Error;
 use crate::telemetry::{Priority, Sink};
 
@@ -94,8 +94,13 @@ impl Diagnostics {
             .tap_raw(
                 topic,
                 "diagnostic_msgs/msg/DiagnosticArray",
-                r2r::QosProfile::default().keep_last(LOSSLESS_DEPTH),
-                LOSSLESS_DEPTH,
+                TapOptions {
+                    qos: r2r::QosProfile::default().keep_last(LOSSLESS_DEPTH),
+                    depth: LOSSLESS_DEPTH,
+                    // Nodes publish diagnostics at about 1 Hz: LOSSLESS_DEPTH per longest
+                    // interval is plenty.
+                    pace: MAX_SPIN_INTERVAL,
+                },
                 Box::new(|_| true),
                 Arc::default(),
             )

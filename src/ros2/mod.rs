@@ -26,6 +26,8 @@ pub use config::Config;
 pub use env::Ros2Env;
 pub use spin::Ros2;
 
+use std::sync::{Arc, Mutex};
+
 /// Errors of the ROS 2 subsystem.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -90,6 +92,8 @@ pub struct Handle {
     pub lifecycle_autostart: bool,
     /// Lifecycle teardown before stop (None: disabled).
     pub teardown: Option<lifecycle::Teardown>,
+    /// Every bridged topic, the workload's included, for the status reporter.
+    reported: Arc<Mutex<Vec<bridge::Bridged>>>,
 }
 
 impl Handle {
@@ -148,6 +152,9 @@ impl Handle {
             &svc.tracker,
         )
         .await?;
+        if let Ok(mut r) = self.reported.lock() {
+            r.extend(more.iter().cloned());
+        }
         self.bridged.extend(more);
         Ok(())
     }
@@ -211,14 +218,16 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
     reporter.set_state(crate::status::SubsystemState::Running);
     reporter.set_detail(serde_json::json!({"node": ros.node_name(), "env": ros.env(), "forwarded_topics": bridged.len()}));
     let r = ros.clone();
-    let b = bridged.clone();
+    let reported = Arc::new(Mutex::new(bridged.clone()));
+    let b = reported.clone();
     svc.tracker.spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {
-                    let topics: Vec<serde_json::Value> = b.iter().map(|x| serde_json::json!({
+                    let bridged = b.lock().map(|v| v.clone()).unwrap_or_default();
+                    let topics: Vec<serde_json::Value> = bridged.iter().map(|x| serde_json::json!({
                         "topic": x.forward.topic,
                         "received": x.counters.received.load(std::sync::atomic::Ordering::Relaxed),
                         "forwarded": x.counters.forwarded.load(std::sync::atomic::Ordering::Relaxed),
@@ -247,5 +256,6 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         bridged,
         lifecycle_autostart: cfg.lifecycle_autostart,
         teardown,
+        reported,
     })
 }

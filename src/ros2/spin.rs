@@ -13,17 +13,25 @@
 //! passes cross to async code. A 1 kHz topic throttled to 10 Hz then wakes a tokio worker 10
 //! times a second, not 1000.
 //!
-//! Paced spinning (`min_spin_interval`): r2r takes one message per subscription per spin and
-//! every spin builds a fresh rcl wait set, so a spin thread that wakes for each message of a
-//! 1 kHz topic spins a thousand times a second. Instead, after a spin (and a burst of
-//! non-blocking spins that empties what is queued, while taps keep getting messages) the
-//! thread waits out the rest of `min_spin_interval` on its job queue (jobs still run at once).
-//! Meanwhile messages gather in the DDS reader histories: a throttled bridge tap subscribes
-//! with depth 1 (it only wants the latest), so a 1 kHz topic costs at most one take per
-//! interval; a tap that needs every message (rate monitor, unthrottled bridge) subscribes with
-//! [`LOSSLESS_DEPTH`], enough for `LOSSLESS_DEPTH / min_spin_interval` messages per second.
-//! The price is up to one interval of extra latency on service responses and typed
-//! subscriptions (one message per interval each).
+//! Paced spinning: r2r takes one message per subscription per spin and every spin builds a
+//! fresh rcl wait set, so a spin thread that wakes for each message of a 1 kHz topic spins a
+//! thousand times a second. Instead, after a spin (and a burst of non-blocking spins that
+//! empties what is queued, while taps keep getting messages) the thread waits out the rest of
+//! the spin interval on its job queue (jobs still run at once). Meanwhile messages gather in
+//! the DDS reader histories: a throttled bridge tap subscribes with depth 1 (it only wants the
+//! latest), so a 1 kHz topic costs at most one take per interval; a tap that needs every
+//! message (rate monitor, unthrottled bridge, diagnostics) subscribes with
+//! [`LOSSLESS_DEPTH`], enough for `LOSSLESS_DEPTH / interval` messages per second.
+//!
+//! The interval adapts to the taps: each tap states the longest interval it tolerates (its
+//! `pace`: half the throttle period for a throttled bridge, [`MAX_SPIN_INTERVAL`] for taps
+//! whose depth covers any plausible rate), and the thread spins once per the shortest of
+//! them, never more often than `min_spin_interval` and never less often than
+//! [`MAX_SPIN_INTERVAL`]. Each interval is a thread wake-up, and wake-ups (not the spins of a
+//! burst, a few µs each) are what paced spinning costs: 100/s at 10 ms measured ≈ 1 % of a
+//! core on a loaded 2-core VM, 20/s at 50 ms ≈ 0.25 %. The price is up to one interval of
+//! extra latency on service responses (lifecycle calls) and typed subscriptions (one message
+//! per interval each).
 //!
 //! An r2r node with no subscriptions/clients/timers makes `rcl_wait` return at once, so
 //! spinning it would busy-loop (r2r issue #93). Until the first job has created something,
@@ -47,8 +55,12 @@ use super::env::Ros2Env;
 use super::Error;
 
 /// Queue depth of a tap that must see every message, with paced spinning: 100 messages per
-/// `min_spin_interval` (10 kHz at the default 10 ms).
+/// spin interval (10 kHz at the default `min_spin_interval` of 10 ms, 2 kHz at
+/// [`MAX_SPIN_INTERVAL`]).
 pub const LOSSLESS_DEPTH: usize = 100;
+/// Longest spin interval: bounds the latency a paced spin adds to service responses
+/// (lifecycle calls), and with [`LOSSLESS_DEPTH`] still takes 2 kHz per lossless tap.
+pub const MAX_SPIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Most non-blocking spins in one burst: bounds the time jobs wait behind a flood.
 pub const MAX_BURST_SPINS: u32 = 256;
 
@@ -57,6 +69,18 @@ pub const MAX_BURST_SPINS: u32 = 256;
 pub const JOB_QUEUE_DEPTH: usize = 64;
 
 type Job = Box<dyn FnOnce(&mut r2r::Node, &mut Vec<Tap>) + Send>;
+
+/// How a tap ([`Ros2::tap_raw`]) subscribes and is paced.
+#[derive(Clone)]
+pub struct TapOptions {
+    /// QoS of the raw subscription (its depth is the DDS reader history kept between spins).
+    pub qos: r2r::QosProfile,
+    /// Capacity of the channel from the spin thread to async code.
+    pub depth: usize,
+    /// Longest spin interval the tap tolerates (see the module doc); zero: as often as
+    /// `min_spin_interval` allows.
+    pub pace: Duration,
+}
 
 /// Decides on the spin thread whether a raw message crosses to async code.
 pub type TapFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
@@ -67,6 +91,8 @@ pub(crate) struct Tap {
     filter: TapFilter,
     out: tokio::sync::mpsc::Sender<Vec<u8>>,
     overflow: Arc<AtomicU64>,
+    /// Longest spin interval this tap tolerates (see the module doc).
+    pace: Duration,
 }
 
 impl Tap {
@@ -238,10 +264,11 @@ impl Ros2 {
         rx.await.map_err(|_| Error::NotRunning)
     }
 
-    /// Subscribes to `topic` (type `msg_type`) without deserializing and drains it on the
-    /// spin thread: `filter` sees every message there, and only those it passes are sent to
-    /// the returned receiver (capacity `depth`; when it is full the message is dropped and
-    /// counted in `overflow`). Dropping the receiver ends the subscription.
+    /// Subscribes to `topic` (type `msg_type`, QoS `opts.qos`) without deserializing and
+    /// drains it on the spin thread: `filter` sees every message there, and only those it
+    /// passes are sent to the returned receiver (capacity `opts.depth`; when it is full the
+    /// message is dropped and counted in `overflow`). The thread spins at least every
+    /// `opts.pace` while the tap exists. Dropping the receiver ends the subscription.
     ///
     /// # Errors
     /// [`Error::UnknownType`] for a type without type support in this build, [`Error::Rcl`]
@@ -250,11 +277,11 @@ impl Ros2 {
         &self,
         topic: &str,
         msg_type: &str,
-        qos: r2r::QosProfile,
-        depth: usize,
+        opts: TapOptions,
         filter: TapFilter,
         overflow: Arc<AtomicU64>,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error> {
+        let TapOptions { qos, depth, pace } = opts;
         let (out, rx) = tokio::sync::mpsc::channel(depth.max(1));
         let (topic, ty) = (topic.to_owned(), msg_type.to_owned());
         let (tx, done) = oneshot::channel();
@@ -266,6 +293,7 @@ impl Ros2 {
                         filter,
                         out,
                         overflow,
+                        pace,
                     });
                 });
                 let _ = tx.send(r);
@@ -350,6 +378,28 @@ struct Pacing {
     min_spin_interval: Duration,
 }
 
+impl Pacing {
+    /// The spin interval for the current taps (see the module doc); zero when pacing is off.
+    fn interval(&self, taps: &[Tap]) -> Duration {
+        paced_interval(self.min_spin_interval, taps.iter().map(|t| t.pace))
+    }
+}
+
+/// The shortest of the taps' `paces`, within `min_spin_interval..=`[`MAX_SPIN_INTERVAL`]
+/// (or `min_spin_interval` when it is longer); zero when `min_spin_interval` is (no pacing).
+pub fn paced_interval(
+    min_spin_interval: Duration,
+    paces: impl IntoIterator<Item = Duration>,
+) -> Duration {
+    if min_spin_interval.is_zero() {
+        return Duration::ZERO;
+    }
+    paces
+        .into_iter()
+        .fold(MAX_SPIN_INTERVAL, Duration::min)
+        .max(min_spin_interval)
+}
+
 fn spin_loop(
     node: &mut r2r::Node,
     jobs: &mpsc::Receiver<Job>,
@@ -381,13 +431,14 @@ fn spin_loop(
             }
         }
         let started = std::time::Instant::now();
+        let interval = pacing.interval(&taps);
         node.spin_once(pacing.spin_timeout);
         spins.fetch_add(1, Ordering::Relaxed);
         // One message per subscription per spin: spin again without blocking while taps
         // still get messages, so what gathered during the pause is taken now.
         // (Without pacing the next blocking spin follows at once: no burst needed.)
         let mut burst = 0;
-        let limit = if pacing.min_spin_interval.is_zero() {
+        let limit = if interval.is_zero() {
             0
         } else {
             MAX_BURST_SPINS
@@ -405,8 +456,7 @@ fn spin_loop(
             }
         }
         // Pause for the rest of the interval, running jobs as they come.
-        while let Some(rest) = pacing
-            .min_spin_interval
+        while let Some(rest) = interval
             .checked_sub(started.elapsed())
             .filter(|r| !r.is_zero())
         {
@@ -424,4 +474,26 @@ fn spin_loop(
 /// [`LOSSLESS_DEPTH`]: every message survives a paced spin interval).
 pub fn watch_qos(depth: usize) -> r2r::QosProfile {
     r2r::QosProfile::sensor_data().keep_last(depth.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_interval_is_the_shortest_pace_within_the_bounds() {
+        let ms = Duration::from_millis;
+        // no taps, or only relaxed ones: the longest interval
+        assert_eq!(paced_interval(ms(10), []), MAX_SPIN_INTERVAL);
+        assert_eq!(paced_interval(ms(10), [ms(500)]), MAX_SPIN_INTERVAL);
+        // a 10 Hz throttle (50 ms) and a 20 Hz one (25 ms): the shorter
+        assert_eq!(paced_interval(ms(10), [ms(50), ms(25)]), ms(25));
+        // an unthrottled tap (zero) or a fast throttle: never below min_spin_interval
+        assert_eq!(paced_interval(ms(10), [ms(50), Duration::ZERO]), ms(10));
+        assert_eq!(paced_interval(ms(10), [ms(5)]), ms(10));
+        // a configured minimum above the longest interval wins
+        assert_eq!(paced_interval(ms(80), [ms(50)]), ms(80));
+        // pacing off
+        assert_eq!(paced_interval(Duration::ZERO, [ms(50)]), Duration::ZERO);
+    }
 }
