@@ -15,7 +15,7 @@
 #      entries in .venv/ros2-agent-lib (ROS2_AGENT_LIB_DIR; build.rs puts it in the binaries'
 #      DT_RPATH, searched before LD_LIBRARY_PATH), and never maps libpython (2.4 MB of RSS).
 #      rclpy children keep the originals. A system ROS 2 needs none of it.
-# Overrides: FLEETLET_ROS2_VENV (venv path), FLEETLET_ROS2_PYTHON (python3.11 interpreter).
+# Overrides: ROS2_ENV_VENV (venv path), ROS2_ENV_PYTHON (python3.11 interpreter).
 # (These are read only by this script, never by the agent.)
 
 # Message packages r2r generates Rust types for (r2r adds the four it needs itself; nested
@@ -27,7 +27,7 @@ _ros2_env_main() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-  if [ -f /opt/ros/jazzy/setup.bash ] && [ -z "${FLEETLET_ROS2_FORCE_VENV:-}" ]; then
+  if [ -f /opt/ros/jazzy/setup.bash ] && [ -z "${ROS2_ENV_FORCE_VENV:-}" ]; then
     # shellcheck disable=SC1091
     set +u; . /opt/ros/jazzy/setup.bash; set -u
     export ROS_DISTRO=jazzy
@@ -40,8 +40,8 @@ _ros2_env_main() {
     return 0
   fi
 
-  local venv="${FLEETLET_ROS2_VENV:-$root/.venv/ros2}"
-  local py="${FLEETLET_ROS2_PYTHON:-}"
+  local venv="${ROS2_ENV_VENV:-$root/.venv/ros2}"
+  local py="${ROS2_ENV_PYTHON:-}"
   if [ -z "$py" ]; then
     for c in python3.11 /usr/bin/python3.11 python3; do
       if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(0 if sys.version_info[:2]==(3,11) else 1)' 2>/dev/null; then
@@ -50,7 +50,7 @@ _ros2_env_main() {
     done
   fi
   if [ -z "$py" ]; then
-    echo "ros2-env: no python3.11 found (ROS 2 Jazzy wheels are cp311); set FLEETLET_ROS2_PYTHON" >&2
+    echo "ros2-env: no python3.11 found (ROS 2 Jazzy wheels are cp311); set ROS2_ENV_PYTHON" >&2
     return 1
   fi
 

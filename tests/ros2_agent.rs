@@ -125,10 +125,6 @@ max_rate_hz = 5.0
             .env("ROS_DOMAIN_ID", (domain + 1).to_string())
             .env("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
             .env_remove("ROS_STATIC_PEERS")
-            // scripts/ros2-env.sh's own overrides (FLEETLET_ROS2_VENV, ...) are not agent
-            // config variables: the agent would refuse them.
-            .env_remove("FLEETLET_ROS2_VENV")
-            .env_remove("FLEETLET_ROS2_PYTHON")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
