@@ -102,10 +102,4 @@ mod tests {
             assert!(mallopt(param, value), "mallopt({param}, {value}) refused");
         }
     }
-
-    #[test]
-    fn a_threshold_out_of_glibc_range_is_refused() {
-        // glibc caps M_MMAP_THRESHOLD at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
-        assert!(!mallopt(libc::M_MMAP_THRESHOLD, i32::MAX));
-    }
 }
