@@ -49,8 +49,7 @@ pub struct Rejected {
 /// The settings glibc refused (the others are applied; the agent runs either way).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn apply_agent_policy() -> Result<(), Vec<Rejected>> {
-    let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-    if tunables.to_string_lossy().contains("glibc.malloc.") {
+    if operator_tunes_malloc(std::env::var_os("GLIBC_TUNABLES").as_deref()) {
         return Ok(());
     }
     let rejected: Vec<Rejected> = [
@@ -67,6 +66,12 @@ pub fn apply_agent_policy() -> Result<(), Vec<Rejected>> {
     } else {
         Err(rejected)
     }
+}
+
+/// Whether `GLIBC_TUNABLES` (its value, if set) holds any `glibc.malloc.*` tunable.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn operator_tunes_malloc(tunables: Option<&std::ffi::OsStr>) -> bool {
+    tunables.is_some_and(|t| t.to_string_lossy().contains("glibc.malloc."))
 }
 
 /// Not glibc: nothing to tune.
@@ -101,5 +106,17 @@ mod tests {
         ] {
             assert!(mallopt(param, value), "mallopt({param}, {value}) refused");
         }
+    }
+
+    #[test]
+    fn malloc_tunables_of_the_operator_win_and_other_tunables_do_not_count() {
+        let tunes = |t: &str| operator_tunes_malloc(Some(std::ffi::OsStr::new(t)));
+        assert!(tunes("glibc.malloc.arena_max=4"));
+        assert!(tunes(
+            "glibc.pthread.rseq=0:glibc.malloc.mmap_threshold=65536"
+        ));
+        assert!(!tunes("glibc.pthread.rseq=0"));
+        assert!(!tunes(""));
+        assert!(!operator_tunes_malloc(None));
     }
 }
