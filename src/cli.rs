@@ -215,6 +215,12 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             if let Err(code) = apply_process_env(&cfg) {
                 return code;
             }
+            // Also while single-threaded: arenas created before it would be kept.
+            if let Err(rejected) = crate::malloc::apply_agent_policy() {
+                for r in rejected {
+                    eprintln!("fleetlet: warning: {r}; keeping glibc's default");
+                }
+            }
             run_agent(cfg, log_format)
         }
         Command::Config(ConfigCmd::Check { config }) => match load(&config) {

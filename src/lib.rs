@@ -1,6 +1,7 @@
 //! fleetlet: the edge runtime for robot compute boards.
 // `unsafe` only in supervisor::spawn (two audited calls: posix_spawn's chdir action, which
-// nix does not wrap, and registering a pidfd with tokio); the binary forbids it.
+// nix does not wrap, and registering a pidfd with tokio) and malloc (glibc's `mallopt`);
+// the binary forbids it.
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -14,6 +15,7 @@ pub mod estop;
 pub mod hal;
 pub mod liveness;
 pub mod logging;
+pub mod malloc;
 pub mod mqtt;
 #[cfg(feature = "ros2")]
 pub mod ros2;
