@@ -6,5 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mosquitto >/dev/null || { echo "needs apt mosquitto mosquitto-clients" >&2; exit 1; }
-cargo build --release --quiet --bin fleetlet --example telemetry_bench
+# Two builds: built together, the binary would get the example's dev-dependency features
+# (cargo unifies them) and not be the fleetlet that ships.
+cargo build --release --quiet --bin fleetlet
+cargo build --release --quiet --example telemetry_bench
 exec target/release/examples/telemetry_bench --agent target/release/fleetlet "$@"
