@@ -1,20 +1,12 @@
 //! The agent as a real subprocess: readiness, signals, the data-directory lock, crash
 //! recovery and the `status` client.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetlet");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod agent_common;
+use agent_common::{free_port, BIN};
 
 struct Agent {
     child: Child,

@@ -1,20 +1,12 @@
 //! `fleetlet run` supervising a workload from its config: status, logs, control-socket
 //! operations and shutdown, through the real binary and real child processes.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetlet");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod agent_common;
+use agent_common::{free_port, BIN};
 
 struct Agent(Child);
 impl Drop for Agent {

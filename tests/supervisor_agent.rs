@@ -2,20 +2,12 @@
 //! process sessions behind (one with a grandchild in a group of its own); the next agent finds them (sled records verified via /proc),
 //! stops them, and runs exactly one copy of each process.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetlet");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod agent_common;
+use agent_common::{free_port, BIN};
 
 /// Pids of live (non-zombie) processes whose command line is exactly `sleep <arg>`.
 fn sleepers(marker: &str) -> Vec<i32> {
