@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -11,13 +10,9 @@ use std::time::{Duration, Instant};
 
 use fleetlet::telemetry::record::Batch;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../agent_common/mod.rs"]
+mod agent_common;
+pub use agent_common::free_port;
 
 pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
