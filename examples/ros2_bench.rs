@@ -178,7 +178,7 @@ async fn main() {
     let ros = fleetlet::ros2::start(&svc, &cfg).await.unwrap();
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     let count = |f: fn(&fleetlet::ros2::bridge::Counters) -> u64| {
-        ros.bridged.iter().map(|b| f(&b.counters)).sum::<u64>()
+        ros.bridged().iter().map(|b| f(&b.counters)).sum::<u64>()
     };
     let (r0, f0) = (
         count(|c| c.received.load(Ordering::Relaxed)),

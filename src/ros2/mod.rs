@@ -86,14 +86,13 @@ pub struct Handle {
     pub checker: checks::Checker,
     /// Lifecycle bring-up/teardown.
     pub lifecycle: lifecycle::Lifecycle,
-    /// Bridged topics with their counters.
-    pub bridged: Vec<bridge::Bridged>,
+    /// Bridged topics with their counters, the workload's included (shared with the status
+    /// reporter; see [`Handle::bridged`]).
+    bridged: Arc<Mutex<Vec<bridge::Bridged>>>,
     /// Drive unconfigured lifecycle nodes to active in `ros2_lifecycle` checks.
     pub lifecycle_autostart: bool,
     /// Lifecycle teardown before stop (None: disabled).
     pub teardown: Option<lifecycle::Teardown>,
-    /// Every bridged topic, the workload's included, for the status reporter.
-    reported: Arc<Mutex<Vec<bridge::Bridged>>>,
 }
 
 impl Handle {
@@ -152,11 +151,15 @@ impl Handle {
             &svc.tracker,
         )
         .await?;
-        if let Ok(mut r) = self.reported.lock() {
-            r.extend(more.iter().cloned());
+        if let Ok(mut b) = self.bridged.lock() {
+            b.extend(more);
         }
-        self.bridged.extend(more);
         Ok(())
+    }
+
+    /// Bridged topics with their counters, the workload's included.
+    pub fn bridged(&self) -> Vec<bridge::Bridged> {
+        self.bridged.lock().map(|b| b.clone()).unwrap_or_default()
     }
 }
 
@@ -218,8 +221,8 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
     reporter.set_state(crate::status::SubsystemState::Running);
     reporter.set_detail(serde_json::json!({"node": ros.node_name(), "env": ros.env(), "forwarded_topics": bridged.len()}));
     let r = ros.clone();
-    let reported = Arc::new(Mutex::new(bridged.clone()));
-    let b = reported.clone();
+    let bridged = Arc::new(Mutex::new(bridged));
+    let b = bridged.clone();
     svc.tracker.spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
@@ -256,6 +259,5 @@ pub async fn start(svc: &crate::runtime::Services, cfg: &Config) -> Result<Handl
         bridged,
         lifecycle_autostart: cfg.lifecycle_autostart,
         teardown,
-        reported,
     })
 }
