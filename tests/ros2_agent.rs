@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod agent_common;
-use agent_common::{free_port, BIN};
+use agent_common::{free_port, status, BIN};
 
 /// The agent; SIGINT (its ordered shutdown stops the children) then SIGKILL on drop.
 struct Agent(Child);
@@ -29,16 +29,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn status(port: u16) -> Option<serde_json::Value> {
-    let r = fleetlet::api::client::get(
-        ([127, 0, 0, 1], port).into(),
-        "/v1/status",
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    serde_json::from_slice(&r.body).ok()
 }
 
 fn python() -> String {

@@ -51,16 +51,6 @@ fn spawn(config: &Path) -> Agent {
     )
 }
 
-fn status(api: u16) -> Option<serde_json::Value> {
-    let r = fleetlet::api::client::get(
-        ([127, 0, 0, 1], api).into(),
-        "/v1/status",
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    serde_json::from_slice(&r.body).ok()
-}
-
 /// Fills the agent's queue before it starts (the broker is irrelevant then).
 fn prefill(dir: &Path, n: u64) {
     let data = fleetlet::datadir::DataDir::new(dir.join("data"));

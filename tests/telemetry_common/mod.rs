@@ -12,7 +12,9 @@ use fleetlet::telemetry::record::Batch;
 
 #[path = "../agent_common/mod.rs"]
 mod agent_common;
-pub use agent_common::free_port;
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use agent_common::{free_port, status};
 
 pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
