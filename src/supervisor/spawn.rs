@@ -75,6 +75,9 @@ pub(crate) struct Child {
     watch: Option<Watch>,
     exit: Option<ExitStatus>,
     kill_on_drop: bool,
+    /// Held by the reaper task of a dropped handle: dropping it (the runtime shuts down
+    /// before the process ends) must not start yet another reaper.
+    orphan: bool,
 }
 
 impl std::fmt::Debug for Child {
@@ -184,6 +187,7 @@ fn adopt(
         watch: Some(watch),
         exit: None,
         kill_on_drop,
+        orphan: false,
     })
 }
 
@@ -340,7 +344,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.exit.is_some() || matches!(self.try_wait(), Ok(Some(_)) | Err(_)) {
+        if self.exit.is_some() || matches!(self.try_wait(), Ok(Some(_)) | Err(_)) || self.orphan {
             return;
         }
         if self.kill_on_drop {
@@ -357,6 +361,7 @@ impl Drop for Child {
             watch: self.watch.take(),
             exit: None,
             kill_on_drop: false,
+            orphan: true,
         };
         rt.spawn(async move {
             let mut orphan = orphan;
@@ -506,5 +511,34 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("dropped child {pid} still exists (killed but not reaped?)");
+    }
+
+    #[test]
+    fn a_reaper_dropped_with_its_runtime_does_not_start_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let argv = ["sleep", "30"].map(OsString::from);
+        let pid = rt.block_on(async {
+            let c = spawn(&Spec {
+                argv: &argv,
+                env: &[],
+                cwd: dir.path(),
+                capture: false,
+                kill_on_drop: false,
+            })
+            .unwrap();
+            let pid = c.pid();
+            drop(c); // still running: a reaper task takes it over
+            pid
+        });
+        // The reaper task dies with the runtime while `sleep` still runs; its handle must not
+        // hand the process to yet another reaper (that recursed until the stack overflowed).
+        drop(rt);
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        rustix::process::waitpid(Some(pid), WaitOptions::empty()).unwrap();
     }
 }
