@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 step() { printf '\n==> %s\n' "$*"; }
+# Incremental caches are for edit-compile loops; in a one-shot run they only
+# take disk (2+ GB for this suite). Debug info is trimmed in Cargo.toml.
+export CARGO_INCREMENTAL=0
+disk() { df -h --output=avail,target "$ROOT" | tail -1 | awk '{print "disk: " $1 " free on " $2}'; }
+disk
 
 step "installing prerequisites"
 pkgs=$(grep -vE '^\s*(#|$)' scripts/apt-packages.txt | tr '\n' ' ')
@@ -52,4 +57,5 @@ cargo build --release --target aarch64-unknown-linux-gnu --bin fleetlet
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$ROOT/target/aarch64-unknown-linux-gnu/release/fleetlet" version | tee /tmp/fleetlet-aarch64-version.txt
 grep -q "target:   aarch64-unknown-linux-gnu" /tmp/fleetlet-aarch64-version.txt
 
+disk
 step "all tests passed"
