@@ -34,7 +34,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn status(port: u16) -> serde_json::Value {
-    serde_json::from_str(&get(port, "/v1/status").unwrap().1).unwrap()
+    agent_common::status(port).expect("the agent answers /v1/status with JSON")
 }
 
 fn setup(dir: &Path, port: u16, allow: bool) -> std::path::PathBuf {
